@@ -1,0 +1,140 @@
+"""The base config every recipe derives from, and the one place each key is documented.
+
+A recipe (`configs/bert.py`, ...) calls `base_config()`, fills the objective / model /
+data sections and overrides numbers with the paper's, citing its table. `KEY_DOCS`
+documents every key any recipe may use; `tests/test_configs.py` fails when a recipe
+carries an undocumented key, and `python -m pretrain.main --config=... --describe`
+prints the resolved config with these docs.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+KEY_DOCS: dict[str, str] = {
+    "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
+    # objective
+    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae.",
+    "objective.mask_rate": "mlm: fraction of tokens selected for prediction (BERT: 0.15).",
+    "objective.replace_mask": "mlm: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
+    "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
+    "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
+    "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
+    "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",
+    # model
+    "model.name": "Registered model builder: transformer (text encoder/decoder) or mae.",
+    "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
+    "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
+    "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
+    "model.num_heads": "Attention heads (custom variant, or 0 to take the variant's).",
+    "model.d_ff": "MLP hidden width (custom variant, or 0 to take the variant's).",
+    "model.max_len": "Largest position the learned position table covers.",
+    "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
+    "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
+    "model.activation": "MLP activation: gelu or swiglu.",
+    "model.tie_embeddings": "Output logits use the transposed token embedding.",
+    "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
+    "model.ln_eps": "LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5, ViT/MAE 1e-6).",
+    "model.dtype": "Compute dtype: float32 or bfloat16 (params and optimizer state stay float32).",
+    "model.image_size": "ViT input size (H, W).",
+    "model.patch_size": "ViT patch size (ph, pw); 0 takes the variant's (the /16 in B/16).",
+    "model.channels": "Image channels.",
+    "model.dec_d_model": "MAE decoder width.",
+    "model.dec_layers": "MAE decoder depth.",
+    "model.dec_heads": "MAE decoder heads.",
+    "model.dec_d_ff": "MAE decoder MLP width.",
+    # data
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
+    "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
+    "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",
+    "data.tfds_data_dir": "tfds data_dir (local path or gs://bucket/...) for source=tfds.",
+    "data.feature": "Feature key holding the text or image in tfds / jsonl records.",
+    "data.tokenizer": "Tokenizer trained on the corpus and cached: wordpiece (BERT) or bpe (GPT-2 byte-level).",
+    "data.vocab_size": "Tokenizer vocabulary size.",
+    "data.seq_len": "Tokens per packed sequence.",
+    "data.cache_dir": "Where tokenizers, packed arrays and downloaded corpora are cached ('' = $PRETRAIN_CACHE or ~/.cache/pretrain).",
+    "data.num_threads": "grain read threads per process.",
+    "data.prefetch": "grain prefetch buffer (batches).",
+    # train
+    "train.steps": "Optimizer steps to train for.",
+    "train.global_batch": "Examples per optimizer step across all devices and micro-batches.",
+    "train.grad_accum": "Micro-batches per step (gradients averaged; global_batch must divide).",
+    "train.log_every": "Steps between metric logs (console, metrics.jsonl, TensorBoard).",
+    "train.eval_every": "Steps between held-out evaluations (0 = never).",
+    "train.eval_steps": "Batches per evaluation.",
+    "train.checkpoint_every": "Steps between checkpoints (the final step is always saved).",
+    "train.keep_checkpoints": "Checkpoints kept in <workdir>/checkpoints (oldest deleted first).",
+    "train.peak_flops_per_device": "Peak FLOP/s per device for MFU; 0 = known table for TPU/GPU, measured matmul peak on CPU.",
+    # optim
+    "optim.lr": "Peak learning rate.",
+    "optim.schedule": "Decay after warmup: cosine, linear or constant.",
+    "optim.warmup_steps": "Linear warmup steps from 0 to lr.",
+    "optim.end_lr_fraction": "Final learning rate as a fraction of lr.",
+    "optim.weight_decay": "AdamW decoupled weight decay (not applied to norms, biases or position tables).",
+    "optim.b1": "Adam beta1.",
+    "optim.b2": "Adam beta2.",
+    "optim.eps": "Adam epsilon.",
+    "optim.clip_norm": "Global gradient-norm clipping threshold (0 = off).",
+    # mesh / sharding
+    "mesh.data": "Data-parallel mesh axis size (-1 = all devices left over).",
+    "mesh.fsdp": "Fully-sharded data-parallel axis size: params sharded, batch split.",
+    "mesh.tensor": "Tensor-parallel axis size: heads / MLP / vocab split.",
+    "sharding_rules": "Logical axis -> mesh axes, as (name, axes) pairs; see pretrain/sharding.py.",
+    # continued pretraining
+    "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
+    "init_from.step": "Checkpoint step to load (-1 = latest).",
+    "init_from.subtree": "Only load params under this '/'-separated prefix (e.g. 'stack'); '' = all.",
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every recipe; a recipe fills objective/model/data."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(
+      dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
+           tfds_data_dir="", feature=""))
+  c.train = ml_collections.ConfigDict(
+      dict(steps=1000, global_batch=32, grad_accum=1, log_every=10, eval_every=0,
+           eval_steps=4, checkpoint_every=500, keep_checkpoints=3,
+           peak_flops_per_device=0.0))
+  c.optim = ml_collections.ConfigDict(
+      dict(lr=1e-4, schedule="linear", warmup_steps=100, end_lr_fraction=0.0,
+           weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = DEFAULT_RULES
+  c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))
+  return c
+
+
+# Logical axis -> mesh axes. Params: embed on fsdp (ZeRO-3 style), heads/mlp/vocab on
+# tensor (Megatron style). Activations use act_* names so the batch can take fsdp too.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("patch", None),
+    ("norm", None),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_vocab", "tensor"),
+)
+
+
+def flatten_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Dotted paths of all leaf keys, e.g. 'train.steps'."""
+  keys = []
+  for name, value in cfg.items():
+    path = f"{prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(flatten_keys(value, path + "."))
+    else:
+      keys.append(path)
+  return keys

@@ -1,0 +1,1 @@
+"""Pure Flax NNX modules, used functionally at the jit boundary."""

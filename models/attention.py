@@ -1,0 +1,95 @@
+"""The one attention function and the masks it takes.
+
+Every model calls `dot_product_attention` with a mask from `attention_mask`, so packing
+(segment ids) is respected on every path and a fused TPU/GPU kernel can replace the einsum
+in one place.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# A large finite negative: a fully masked (padding) row softmaxes to uniform, never NaN.
+_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def _bidirectional(q_idx, k_idx, prefix_len):
+  del prefix_len
+  return jnp.ones((1, q_idx.shape[0], k_idx.shape[1]), bool)  # (1, Lq, Lk)
+
+
+def _causal(q_idx, k_idx, prefix_len):
+  del prefix_len
+  return (k_idx <= q_idx)[None]  # (1, Lq, Lk)
+
+
+def _prefix(q_idx, k_idx, prefix_len):
+  if prefix_len is None:
+    raise ValueError("attention_mask('prefix') needs prefix_len of shape (B,)")
+  in_prefix = k_idx[None] < jnp.asarray(prefix_len)[:, None, None]  # (B, 1, Lk)
+  return (k_idx <= q_idx)[None] | in_prefix  # (B, Lq, Lk)
+
+
+# kind -> f(q_idx (Lq, 1), k_idx (1, Lk), prefix_len (B,) | None) -> bool (B|1, Lq, Lk).
+# Positions are array indices: packed segments restart their positions but keep index order.
+_KINDS: dict[str, Callable] = {
+    "bidirectional": _bidirectional,
+    "causal": _causal,
+    "prefix": _prefix,
+}
+
+
+def attention_mask(
+    kind: str,
+    *,
+    segment_ids: jax.Array | None = None,
+    length: int | None = None,
+    batch: int | None = None,
+    prefix_len: jax.Array | None = None,
+    kv_segment_ids: jax.Array | None = None,
+) -> jax.Array:
+  """Boolean mask (B, 1, Lq, Lk); True = may attend.
+
+  segment_ids (B, L) int with 0 = padding: a query attends only to keys of its own nonzero
+  segment, so packed sequences cannot see each other and padding keys are never attended.
+  kv_segment_ids (B, Lk) gives the keys' segments when they differ from the queries'
+  (cross-attention). Without segment ids, `length` (and optionally `batch`) give the shape.
+  """
+  if kind not in _KINDS:
+    raise ValueError(f"unknown attention mask kind {kind!r}; valid: {sorted(_KINDS)}")
+  kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+  if segment_ids is not None:
+    lq, lk = segment_ids.shape[1], kv_segment_ids.shape[1]
+  elif length is not None:
+    lq = lk = length
+  else:
+    raise ValueError("attention_mask needs segment_ids or length")
+  q_idx = jnp.arange(lq)[:, None]  # (Lq, 1)
+  k_idx = jnp.arange(lk)[None, :]  # (1, Lk)
+  mask = _KINDS[kind](q_idx, k_idx, prefix_len)  # (B|1, Lq, Lk)
+  if segment_ids is not None:
+    same = segment_ids[:, :, None] == kv_segment_ids[:, None, :]  # (B, Lq, Lk)
+    mask = mask & same & (kv_segment_ids[:, None, :] != 0)
+  if batch is not None:
+    mask = jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+  return mask[:, None]  # (B, 1, Lq, Lk)
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+) -> jax.Array:
+  """Softmax attention; q (B, Lq, H, D), k/v (B, Lk, H, D), mask bool (B, 1, Lq, Lk).
+
+  Logits and softmax in float32 whatever the compute dtype; output in q's dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum(
+      "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32
+  ) * scale  # (B, H, Lq, Lk)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(q.dtype)  # (B, Lq, H, D)

@@ -1,0 +1,197 @@
+"""Building blocks: dense, norms, MLP, multi-head attention, position encodings.
+
+Params are float32 with logical axis names; `dtype` is the compute dtype that params and
+inputs are cast to in matmuls (accumulated in float32). Norm statistics, softmax and
+position tables stay float32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.attention import dot_product_attention
+from models.partitioning import constrain, with_axes
+
+Shape = int | Sequence[int]
+
+
+def _shape(s: Shape) -> tuple[int, ...]:
+  return (s,) if isinstance(s, int) else tuple(s)
+
+
+def normal_param(rngs: nnx.Rngs, shape: Shape, axes: Sequence[str | None], std: float):
+  """A float32 N(0, std) parameter carrying logical axis names."""
+  init = with_axes(nnx.initializers.normal(std), axes)
+  return nnx.Param(init(rngs.params(), _shape(shape), jnp.float32))
+
+
+def const_param(shape: Shape, axes: Sequence[str | None], value: float):
+  """A float32 constant-filled parameter (norm scales, biases) with logical axis names."""
+  init = with_axes(nnx.initializers.constant(value), axes)
+  return nnx.Param(init(jax.random.key(0), _shape(shape), jnp.float32))
+
+
+class Dense(nnx.Module):
+  """Linear map over the trailing `in_shape` axes; kernel is in_shape + out_shape.
+
+  Head-shaped kernels ((embed, heads, kv), (heads, kv, embed)) keep heads as their own axis
+  so tensor parallelism can split them.
+  """
+
+  def __init__(self, in_shape: Shape, out_shape: Shape, axes: Sequence[str | None], *,
+               dtype, init_std: float, rngs: nnx.Rngs, out_dtype=None):
+    in_shape, out_shape = _shape(in_shape), _shape(out_shape)
+    if len(axes) != len(in_shape) + len(out_shape):
+      raise ValueError(f"axes {axes} do not match kernel shape {in_shape + out_shape}")
+    self.kernel = normal_param(rngs, in_shape + out_shape, axes, init_std)
+    self.bias = const_param(out_shape, axes[len(in_shape):], 0.0)
+    self.num_in = len(in_shape)
+    self.dtype = jnp.dtype(dtype)
+    self.out_dtype = jnp.dtype(out_dtype or dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                      self.num_in, preferred_element_type=jnp.float32)
+    return (y + self.bias[...]).astype(self.out_dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over the last axis with float32 statistics."""
+
+  def __init__(self, dim: int, *, eps: float, dtype):
+    self.scale = const_param(dim, ("norm",), 1.0)
+    self.bias = const_param(dim, ("norm",), 0.0)
+    self.eps, self.dtype = eps, jnp.dtype(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm (no centering, no bias) over the last axis with float32 statistics."""
+
+  def __init__(self, dim: int, *, eps: float, dtype):
+    self.scale = const_param(dim, ("norm",), 1.0)
+    self.eps, self.dtype = eps, jnp.dtype(dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(self.dtype)
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+class Mlp(nnx.Module):
+  """Position-wise feed-forward: GELU (tanh approximation, GPT-2's `gelu_new` and the
+  original TF BERT's) or SwiGLU (Shazeer 2020)."""
+
+  def __init__(self, d_model: int, d_ff: int, activation: str, *, dtype, init_std: float,
+               rngs: nnx.Rngs):
+    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs)
+    self.wi = dense(d_model, d_ff, ("embed", "mlp"))
+    self.gate = dense(d_model, d_ff, ("embed", "mlp")) if activation == "swiglu" else None
+    self.wo = dense(d_ff, d_model, ("mlp", "embed"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.gate is None:
+      h = jax.nn.gelu(self.wi(x), approximate=True)
+    else:
+      h = jax.nn.silu(self.gate(x)) * self.wi(x)
+    h = constrain(h, ("batch", "length", "act_mlp"))  # (B, L, F)
+    return self.wo(h)
+
+
+def sinusoidal_positions(positions: jax.Array, dim: int) -> jax.Array:
+  """Fixed sin-cos table (..., dim) = [sin(p w), cos(p w)], w_i = 10000^(-i/(dim/2)).
+
+  The concatenated layout of tensor2tensor and MAE; positions are explicit so packed
+  segments restart at 0.
+  """
+  if dim % 2:
+    raise ValueError(f"sinusoidal positions need an even dim, got {dim}")
+  omega = 1.0 / 10000 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
+  angles = positions.astype(jnp.float32)[..., None] * omega  # (..., dim/2)
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary embedding (Su et al. 2021), rotate-half layout; x (B, L, H, D), positions (B, L).
+
+  Rotating q and k by their own positions makes q.k depend only on the offset; explicit
+  positions keep that true inside packed segments.
+  """
+  d = x.shape[-1]
+  if d % 2:
+    raise ValueError(f"rotary needs an even head dim, got {d}")
+  inv_freq = 1.0 / base ** (jnp.arange(d // 2, dtype=jnp.float32) / (d // 2))
+  angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # (B, L, 1, D/2)
+  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)  # (B, L, H, D/2)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class LearnedPositions(nnx.Module):
+  """Learned position table (num, dim) indexed by explicit positions."""
+
+  def __init__(self, num: int, dim: int, *, init_std: float, rngs: nnx.Rngs):
+    self.table = normal_param(rngs, (num, dim), (None, "embed"), init_std)
+
+  def __call__(self, positions: jax.Array) -> jax.Array:
+    return jnp.take(self.table[...], positions, axis=0)  # (..., dim) float32
+
+
+class Embed(nnx.Module):
+  """Token embedding table (vocab, embed); `attend` reuses it as a tied output layer."""
+
+  def __init__(self, vocab: int, dim: int, *, init_std: float, rngs: nnx.Rngs):
+    self.table = normal_param(rngs, (vocab, dim), ("vocab", "embed"), init_std)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.table[...], tokens, axis=0)  # (B, L, D) float32
+
+  def attend(self, x: jax.Array, dtype) -> jax.Array:
+    """x (..., D) -> (..., vocab) float32 = x @ table.T in the compute dtype."""
+    dtype = jnp.dtype(dtype)
+    return jnp.einsum("...d,vd->...v", x.astype(dtype), self.table[...].astype(dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class MultiHeadAttention(nnx.Module):
+  """Self-attention with head-shaped projections; rotary applied to q, k when set."""
+
+  def __init__(self, d_model: int, num_heads: int, *, dtype, init_std: float,
+               rngs: nnx.Rngs, fused_qkv: bool = False, rotary: bool = False):
+    head_dim = d_model // num_heads
+    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs)
+    if fused_qkv:
+      self.qkv = dense(d_model, (3, num_heads, head_dim), ("embed", None, "heads", "kv"))
+    else:
+      self.query, self.key, self.value = (
+          dense(d_model, (num_heads, head_dim), ("embed", "heads", "kv")) for _ in range(3))
+    self.out = dense((num_heads, head_dim), d_model, ("heads", "kv", "embed"))
+    self.fused_qkv, self.rotary = fused_qkv, rotary
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None,
+               positions: jax.Array | None) -> jax.Array:
+    if self.fused_qkv:
+      qkv = self.qkv(x)  # (B, L, 3, H, D)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      q, k, v = self.query(x), self.key(x), self.value(x)  # (B, L, H, D)
+    if self.rotary:
+      q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+    names = ("batch", "length", "act_heads", "act_kv")
+    q, k, v = (constrain(t, names) for t in (q, k, v))
+    out = constrain(dot_product_attention(q, k, v, mask), names)  # (B, L, H, D)
+    return self.out(out)  # (B, L, D)

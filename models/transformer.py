@@ -1,0 +1,211 @@
+"""Transformer stack (shared by text and vision models) and the text transformer.
+
+One `TextTransformer` covers BERT (post-LN, learned positions, MLM head transform) and
+GPT-2 (pre-LN, learned positions, causal mask): the objective picks the mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models.layers import (NORMS, Dense, Embed, LearnedPositions, Mlp, MultiHeadAttention,
+                           const_param, sinusoidal_positions)
+from models.partitioning import constrain
+
+ACT = ("batch", "length", "act_embed")
+DTYPES = ("float32", "bfloat16")
+
+
+def check_choice(field: str, value, valid) -> None:
+  """ValueError naming the field and its valid values."""
+  if value not in valid:
+    raise ValueError(f"{field}={value!r} is not one of {list(valid)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """What one transformer block needs; text and vision configs derive it."""
+  d_model: int
+  num_heads: int
+  d_ff: int
+  norm: str = "pre"  # "pre" (GPT-2, ViT) or "post" (BERT's post-LN)
+  norm_type: str = "layernorm"  # or "rmsnorm"
+  activation: str = "gelu"  # or "swiglu"
+  dtype: str = "float32"  # compute dtype; params stay float32
+  ln_eps: float = 1e-5
+  init_std: float = 0.02
+  rotary: bool = False
+  fused_qkv: bool = False
+
+  def validate(self) -> None:
+    check_choice("norm", self.norm, ("pre", "post"))
+    check_choice("norm_type", self.norm_type, tuple(NORMS))
+    check_choice("activation", self.activation, ("gelu", "swiglu"))
+    check_choice("dtype", self.dtype, DTYPES)
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+    if self.rotary and (self.d_model // self.num_heads) % 2:
+      raise ValueError(f"rotary needs an even head dim, got d_model/num_heads="
+                       f"{self.d_model // self.num_heads}")
+
+
+def make_norm(cfg: BlockConfig, dim: int | None = None):
+  return NORMS[cfg.norm_type](dim or cfg.d_model, eps=cfg.ln_eps, dtype=cfg.dtype)
+
+
+class Block(nnx.Module):
+  """Attention + MLP with residuals; pre-LN normalises branch inputs, post-LN the sums."""
+
+  def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = make_norm(cfg)
+    self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, dtype=cfg.dtype,
+                                   init_std=cfg.init_std, rngs=rngs,
+                                   fused_qkv=cfg.fused_qkv, rotary=cfg.rotary)
+    self.mlp_norm = make_norm(cfg)
+    self.mlp = Mlp(cfg.d_model, cfg.d_ff, cfg.activation, dtype=cfg.dtype,
+                   init_std=cfg.init_std, rngs=rngs)
+    self.post_norm = cfg.norm == "post"
+
+  def __call__(self, x: jax.Array, *, mask, positions) -> jax.Array:
+    x = constrain(x, ACT)  # (B, L, D)
+    if self.post_norm:
+      x = self.attn_norm(x + self.attn(x, mask=mask, positions=positions))
+      x = self.mlp_norm(x + self.mlp(x))
+    else:
+      x = x + self.attn(self.attn_norm(x), mask=mask, positions=positions)
+      x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ACT)
+
+
+class TransformerStack(nnx.Module):
+  """`num_layers` blocks over embeddings; pre-LN ends with a final norm."""
+
+  def __init__(self, cfg: BlockConfig, num_layers: int, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(num_layers)])
+    self.final_norm = make_norm(cfg) if cfg.norm == "pre" else None
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """x (B, L, D), mask bool (B, 1, L, L) or None, positions (B, L) for rotary."""
+    for block in self.blocks:
+      x = block(x, mask=mask, positions=positions)
+    return x if self.final_norm is None else constrain(self.final_norm(x), ACT)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """A text transformer; sizes by name come from `models.variants`."""
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  max_len: int = 512
+  pos_emb: str = "learned"  # "learned" | "sinusoidal" | "rotary" | "none"
+  norm: str = "pre"  # "post" = BERT
+  norm_type: str = "layernorm"
+  activation: str = "gelu"
+  dtype: str = "float32"
+  tie_embeddings: bool = True
+  head_transform: bool = False  # BERT MLM head: dense + gelu + LayerNorm before the decoder
+  ln_eps: float = 1e-5  # BERT: 1e-12
+  init_std: float = 0.02
+  fused_qkv: bool = False
+
+  @property
+  def block(self) -> BlockConfig:
+    return BlockConfig(
+        d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, norm=self.norm,
+        norm_type=self.norm_type, activation=self.activation, dtype=self.dtype,
+        ln_eps=self.ln_eps, init_std=self.init_std, rotary=self.pos_emb == "rotary",
+        fused_qkv=self.fused_qkv)
+
+  def validate(self) -> None:
+    check_choice("pos_emb", self.pos_emb, ("learned", "sinusoidal", "rotary", "none"))
+    for field in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
+      if getattr(self, field) <= 0:
+        raise ValueError(f"{field}={getattr(self, field)} must be positive")
+    if self.pos_emb == "sinusoidal" and self.d_model % 2:
+      raise ValueError(f"pos_emb='sinusoidal' needs an even d_model, got {self.d_model}")
+    self.block.validate()
+
+
+class TextTransformer(nnx.Module):
+  """Tokens -> hidden states; `logits` is separate so MLM projects only masked positions."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, rngs=rngs)
+    self.pos_embed = (LearnedPositions(cfg.max_len, cfg.d_model, init_std=cfg.init_std,
+                                       rngs=rngs) if cfg.pos_emb == "learned" else None)
+    self.stack = TransformerStack(cfg.block, cfg.num_layers, rngs=rngs)
+    if cfg.head_transform:
+      self.head_dense = Dense(cfg.d_model, cfg.d_model, ("embed", "mlp"), dtype=cfg.dtype,
+                              init_std=cfg.init_std, rngs=rngs)
+      self.head_norm = make_norm(cfg.block)
+    self.unembed = None if cfg.tie_embeddings else Embed(
+        cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, rngs=rngs)
+    self.logits_bias = const_param(cfg.vocab_size, ("vocab",), 0.0)
+
+  def __call__(self, tokens: jax.Array, *, mask: jax.Array | None,
+               positions: jax.Array | None = None) -> jax.Array:
+    """tokens (B, L) int, mask bool (B, 1, L, L) from `attention_mask`, positions (B, L)
+    (restarting per packed segment; default 0..L-1) -> hidden (B, L, D)."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    x = self.embed(tokens)  # (B, L, D) float32
+    if self.pos_embed is not None:
+      x = x + self.pos_embed(positions)
+    elif self.cfg.pos_emb == "sinusoidal":
+      x = x + sinusoidal_positions(positions, self.cfg.d_model)
+    x = constrain(x.astype(self.cfg.dtype), ACT)
+    return self.stack(x, mask=mask, positions=positions)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """hidden (..., D) -> logits (..., vocab) float32."""
+    if self.cfg.head_transform:
+      hidden = self.head_norm(jax.nn.gelu(self.head_dense(hidden), approximate=True))
+    table = self.embed if self.unembed is None else self.unembed
+    logits = table.attend(hidden, self.cfg.dtype) + self.logits_bias[...]
+    if logits.ndim == 3:
+      logits = constrain(logits, ("batch", "length", "act_vocab"))
+    return logits
+
+
+def stack_flops_per_token(cfg: BlockConfig, num_layers: int, attended_len: float) -> float:
+  """Forward matmul FLOPs (2 per multiply-add) of `num_layers` blocks, per token.
+
+  Per layer, with D = d_model, F = d_ff, A = average number of attended keys:
+    q, k, v, out projections   4 * 2 * D * D
+    scores q.k and probs @ v   2 * 2 * A * D
+    MLP                        2 * 2 * D * F   (SwiGLU: 3 * 2 * D * F)
+  Norms, softmax, biases, activations and embedding lookups are not matmuls: left out.
+  """
+  mlp_mats = 3 if cfg.activation == "swiglu" else 2
+  d = cfg.d_model
+  per_layer = 8 * d * d + 4 * attended_len * d + 2 * mlp_mats * d * cfg.d_ff
+  return float(num_layers * per_layer)
+
+
+def logits_flops_per_token(cfg: TransformerConfig) -> float:
+  """Forward FLOPs of `logits` per predicted token: 2 * D * V (+ 2 * D * D head transform).
+
+  MLM counts it only at masked positions, an LM at every position."""
+  head = 2 * cfg.d_model * cfg.d_model if cfg.head_transform else 0
+  return float(2 * cfg.d_model * cfg.vocab_size + head)
+
+
+def transformer_flops_per_token(cfg: TransformerConfig, attended_len: float, *,
+                                with_logits: bool) -> float:
+  """Forward FLOPs per token of the stack (+ logits at every token if asked).
+
+  attended_len: average keys per query, e.g. L for bidirectional, (L + 1) / 2 for causal,
+  or the mean segment length under packing. Training is about 3x this (forward + backward).
+  """
+  flops = stack_flops_per_token(cfg.block, cfg.num_layers, attended_len)
+  return flops + (logits_flops_per_token(cfg) if with_logits else 0.0)

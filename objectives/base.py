@@ -1,0 +1,96 @@
+"""The contract between an objective and the trainer.
+
+An objective is (a) an optional host-side grain `RandomMap` that corrupts or views a
+clean example, deterministic from (seed, example index), and (b) a pure
+`loss_fn(params, batch, rng, *, model, config) -> (loss, metrics)`. It also states what
+data it eats (`modality`), what throughput is counted in (`unit`) and the forward FLOPs
+of one example, so MFU knows that e.g. an MAE encoder sees only the visible patches.
+The trainer only ever calls these methods: it never branches on an objective's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What an objective may know about its data (filled by the trainer from the source)."""
+
+  seq_len: int = 0
+  vocab_size: int = 0
+  pad_id: int = 0
+  mask_id: int = -1
+  special_ids: tuple[int, ...] = ()
+  image_shape: tuple[int, ...] = ()  # (H, W, C)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """A model's structure without its params: `bind(params)` gives a callable module.
+
+  Wraps `nnx.merge` so losses are pure functions of the params pytree (a nested dict).
+  """
+
+  graphdef: Any
+
+  def bind(self, params) -> nnx.Module:
+    return nnx.merge(self.graphdef, params)
+
+
+class Objective:
+  """Base class; subclasses register an instance with `@register("name")`."""
+
+  name: str = ""
+  modality: str = ""  # "text" or "image": which data builder feeds it
+  unit: str = ""      # "tokens" or "images": what throughput counts
+  tokenizer: str = ""  # default tokenizer kind for text objectives
+
+  def host_transform(self, config: ml_collections.ConfigDict, info: DataInfo):
+    """A grain RandomMap (or None) applied to each clean example on the host."""
+    return None
+
+  def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array, *,
+              model: ModelDef, config: ml_collections.ConfigDict):
+    raise NotImplementedError
+
+  def units_per_example(self, config: ml_collections.ConfigDict, info: DataInfo) -> int:
+    raise NotImplementedError
+
+  def forward_flops_per_example(self, config: ml_collections.ConfigDict, info: DataInfo,
+                                model_cfg: Any) -> float:
+    raise NotImplementedError
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming a bad objective.* value; called before any compile."""
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean of `values` over entries with nonzero weight (0 if there are none)."""
+  total = weights.sum()
+  return (values * weights).sum() / jax.numpy.maximum(total, 1.0)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-position softmax cross-entropy in float32; logits (..., V), targets (...)."""
+  logits = logits.astype(np.float32)
+  logz = jax.nn.logsumexp(logits, axis=-1)
+  picked = jax.numpy.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return logz - picked
+
+
+def register(name: str) -> Callable[[type], type]:
+  """Class decorator: registers an instance of the objective under `name`."""
+  from pretrain.registry import OBJECTIVES
+
+  def add(cls: type) -> type:
+    cls.name = name
+    OBJECTIVES.register(name)(cls())
+    return cls
+
+  return add

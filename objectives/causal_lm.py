@@ -1,0 +1,48 @@
+"""Causal language modelling on packed sequences (GPT-2, Radford et al. 2019).
+
+Every position predicts the next token of its own document: the target at the last
+position of a segment (the next token belongs to another document), at the end of the
+row and at padding gets weight 0.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from models.attention import attention_mask
+from models.transformer import transformer_flops_per_token
+from objectives import base
+
+
+def next_token_targets(tokens, segment_ids):
+  """(targets (B, L), weights (B, L)): token t+1 where it is in t's segment."""
+  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+  next_segment = jnp.concatenate([segment_ids[:, 1:], jnp.zeros_like(segment_ids[:, :1])], 1)
+  weights = (segment_ids > 0) & (next_segment == segment_ids)
+  return targets, weights.astype(jnp.float32)
+
+
+@base.register("causal_lm")
+class CausalLM(base.Objective):
+  modality = "text"
+  unit = "tokens"
+  tokenizer = "bpe"
+
+  def loss_fn(self, params, batch, rng, *, model, config):
+    del rng
+    net = model.bind(params)
+    tokens, segment_ids = batch["tokens"], batch["segment_ids"]
+    mask = attention_mask("causal", segment_ids=segment_ids)
+    logits = net.logits(net(tokens, positions=batch["positions"], mask=mask))  # (B, L, V)
+    targets, weights = next_token_targets(tokens, segment_ids)
+    loss = base.weighted_mean(base.cross_entropy(logits, targets), weights)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    return loss, {"accuracy": base.weighted_mean(correct, weights),
+                  "perplexity": jnp.exp(loss)}
+
+  def units_per_example(self, config, info):
+    return info.seq_len
+
+  def forward_flops_per_example(self, config, info, model_cfg):
+    # Causal attention: each query sees on average half the keys.
+    return info.seq_len * transformer_flops_per_token(model_cfg, info.seq_len / 2,
+                                                      with_logits=True)

@@ -1,0 +1,64 @@
+"""Masked autoencoders (He et al. 2021, "Masked Autoencoders Are Scalable Vision Learners").
+
+Per-step random masking happens on device from the step rng (it is cheap and must be
+fresh each step): the encoder sees only the visible patches, the light decoder
+reconstructs all, and the loss is the MSE on the masked patches only, optionally
+against per-patch normalized pixels (§3 "Reconstruction target").
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from models.vit import mae_flops_per_image, patchify
+from objectives import base
+
+
+def random_keep(rng: jax.Array, batch: int, num_patches: int, mask_ratio: float):
+  """(keep_idx (B, Nk), mask (B, N) with 1 = hidden): a uniform random subset per image."""
+  keep = int(num_patches * (1 - mask_ratio))
+  noise = jax.random.uniform(rng, (batch, num_patches))
+  order = jnp.argsort(noise, axis=1)
+  keep_idx = order[:, :keep]
+  mask = jnp.ones((batch, num_patches)).at[jnp.arange(batch)[:, None], keep_idx].set(0.0)
+  return keep_idx, mask
+
+
+def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+  mean = patches.mean(-1, keepdims=True)
+  var = patches.var(-1, keepdims=True)
+  return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean over hidden patches of the per-patch mean squared error."""
+  per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)  # (B, N)
+  return base.weighted_mean(per_patch, mask)
+
+
+@base.register("mae")
+class MaskedAutoencoder(base.Objective):
+  modality = "image"
+  unit = "images"
+
+  def validate(self, config):
+    ratio = config.objective.mask_ratio
+    if not 0 < ratio < 1:
+      raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
+
+  def loss_fn(self, params, batch, rng, *, model, config):
+    net = model.bind(params)
+    patch = net.cfg.patch_size
+    patches = patchify(batch["image"], patch)  # (B, N, P)
+    b, n, _ = patches.shape
+    keep_idx, mask = random_keep(jax.random.wrap_key_data(rng), b, n,
+                                 config.objective.mask_ratio)
+    pred = net.decode(net.encode(patches, keep_idx), keep_idx, n)  # (B, N, P)
+    target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
+    return masked_mse(pred, target, mask), {}
+
+  def units_per_example(self, config, info):
+    return 1
+
+  def forward_flops_per_example(self, config, info, model_cfg):
+    return mae_flops_per_image(model_cfg, config.objective.mask_ratio)

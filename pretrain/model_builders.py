@@ -1,0 +1,92 @@
+"""Config section `model` -> model dataclass config -> NNX module, registered by name.
+
+Size names are decoded by `models.variants` as "<family>:<size>" (e.g. "bert:base",
+"bert:L-4_H-256", "gpt2:small", "vit:B/16"); "custom" takes the explicit sizes.
+Explicit nonzero `num_layers`/`d_model`/`num_heads`/`d_ff` override a named size.
+"""
+from __future__ import annotations
+
+
+from models import variants
+from models.transformer import TextTransformer, TransformerConfig
+from models.vit import MAE, ViTConfig
+from objectives.base import DataInfo
+from pretrain.registry import MODELS
+
+FAMILIES = {"bert": variants.bert, "gpt2": variants.gpt2, "vit": variants.vit}
+SIZE_KEYS = ("num_layers", "d_model", "num_heads", "d_ff")
+VOCAB_MULTIPLE = 128  # Pad the logits' vocab dimension so it shards and tiles evenly.
+
+
+def decode_size(model_cfg) -> dict:
+  """The variant's sizes with explicit nonzero size keys applied on top."""
+  variant = model_cfg.variant
+  if variant == "custom":
+    size = {}
+  else:
+    family, sep, name = variant.partition(":")
+    if not sep or family not in FAMILIES:
+      raise ValueError(f"model.variant={variant!r}: expected 'custom' or '<family>:<size>' "
+                       f"with family in {sorted(FAMILIES)}")
+    size = FAMILIES[family](name)
+  for key in SIZE_KEYS:
+    if model_cfg[key]:
+      size[key] = model_cfg[key]
+  missing = [k for k in SIZE_KEYS if not size.get(k)]
+  if missing:
+    raise ValueError(f"model.variant={variant!r} leaves {', '.join('model.' + k for k in missing)} "
+                     "unset; give them explicitly")
+  return size
+
+
+def padded_vocab(vocab_size: int) -> int:
+  return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+
+class TransformerBuilder:
+  """Text encoder/decoder (BERT, GPT-2, ...): `TextTransformer`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    size = decode_size(model_cfg)
+    return TransformerConfig(
+        vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
+        pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, activation=model_cfg.activation,
+        dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
+        head_transform=model_cfg.head_transform, ln_eps=model_cfg.ln_eps,
+        **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
+
+  def build(self, cfg: TransformerConfig, rngs):
+    return TextTransformer(cfg, rngs=rngs)
+
+
+class MaeBuilder:
+  """ViT MAE encoder + light decoder: `MAE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    size = decode_size(model_cfg)
+    patch = tuple(model_cfg.patch_size) if any(model_cfg.patch_size) else size.get("patch_size")
+    if not patch:
+      raise ValueError(f"model.variant={model_cfg.variant!r} names no patch size; set "
+                       "model.patch_size")
+    image_size = tuple(info.image_shape[:-1]) or tuple(model_cfg.image_size)
+    channels = info.image_shape[-1] if info.image_shape else model_cfg.channels
+    return ViTConfig(
+        image_size=image_size, patch_size=patch, channels=channels, pos_emb=model_cfg.pos_emb,
+        norm=model_cfg.norm, activation=model_cfg.activation, dtype=model_cfg.dtype,
+        ln_eps=model_cfg.ln_eps, dec_d_model=model_cfg.dec_d_model,
+        dec_layers=model_cfg.dec_layers, dec_heads=model_cfg.dec_heads,
+        dec_d_ff=model_cfg.dec_d_ff, **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: ViTConfig, rngs):
+    return MAE(cfg, rngs=rngs)
+
+
+MODELS.register("transformer")(TransformerBuilder())
+MODELS.register("mae")(MaeBuilder())
+
