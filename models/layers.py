@@ -6,7 +6,6 @@ position tables stay float32.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax

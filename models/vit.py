@@ -144,8 +144,8 @@ class ViT(nnx.Module):
     self.patch_embed = Dense(cfg.patch_dim, cfg.d_model, ("patch", "embed"), dtype=cfg.dtype,
                              init_std=cfg.init_std, rngs=rngs)
     self.pos = PatchPositions(cfg, cfg.d_model, rngs=rngs)
-    self.cls = (normal_param(rngs, (1, 1, cfg.d_model), (None, None, "embed"), cfg.init_std)
-                if cfg.use_cls_token else None)
+    self.cls_token = (normal_param(rngs, (1, 1, cfg.d_model), (None, None, "embed"),
+                                   cfg.init_std) if cfg.use_cls_token else None)
     self.stack = TransformerStack(cfg.encoder_block, cfg.num_layers, rngs=rngs)
 
   def embed(self, patches: jax.Array, patch_idx: jax.Array) -> jax.Array:
@@ -155,8 +155,9 @@ class ViT(nnx.Module):
 
   def encode(self, x: jax.Array) -> jax.Array:
     """Embedded patches (B, n, D) -> tokens (B, prefix + n, D), cls first if used."""
-    if self.cls is not None:
-      cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
+    if self.cls_token is not None:
+      cls = self.cls_token[...].astype(x.dtype)
+      cls = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[2]))  # (B, 1, D)
       x = jnp.concatenate([cls, x], axis=1)
     return self.stack(x, mask=None)
 

@@ -73,7 +73,7 @@ class Objective:
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
   """Mean of `values` over entries with nonzero weight (0 if there are none)."""
   total = weights.sum()
-  return (values * weights).sum() / jax.numpy.maximum(total, 1.0)
+  return (values * weights).sum() / jax.numpy.where(total > 0, total, 1.0)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -81,6 +81,7 @@ def _flat(tree) -> dict[str, Any]:
 
 
 def _unflatten_into(flat: dict[str, Any]) -> dict:
+  """'/'-joined paths -> nested dicts with string keys (orbax's on-disk tree)."""
   nested: dict = {}
   for path, leaf in flat.items():
     node = nested
@@ -100,13 +101,14 @@ def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple
   """
   directory = checkpoint_dir(path)
   manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA),
+                                  item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   step = manager.latest_step() if step < 0 else step
   if step is None or step not in manager.all_steps():
     raise FileNotFoundError(f"init_from.path={path!r}: no checkpoint step "
                             f"{'(any)' if step is None else step} in {directory}; "
                             f"available: {manager.all_steps()}")
-  source = _flat(manager.item_metadata(step)[STATE]["params"])
+  source = _flat(manager.item_metadata(step)[STATE].tree["params"])
   target = _flat(target_params)
   prefix = subtree.strip("/")
   report = InitReport([], [], [], [])
@@ -132,8 +134,8 @@ def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple
         partial_restore=True)}))
     loaded = _flat(restored[STATE]["params"])
   manager.close()
-  merged = {name: loaded.get(name, leaf) for name, leaf in target.items()}
-  return _unflatten_into(merged), report
+  treedef = jax.tree.structure(target_params)
+  return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
 
 
 def host_array(x) -> np.ndarray:

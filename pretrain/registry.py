@@ -46,4 +46,3 @@ class Registry(Generic[T]):
 
 OBJECTIVES: Registry[Any] = Registry("objective")
 MODELS: Registry[Any] = Registry("model")
-DATASETS: Registry[Any] = Registry("dataset")

@@ -131,7 +131,7 @@ def make_train_step(run: Run, shardings):
       loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
     updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    out = {"loss": loss_value, **aux, "grad_norm": optax.global_norm(grads),
+    out = {"loss": loss_value, **aux, "grad_norm": optax.tree.norm(grads),
            "lr": run.schedule(state["step"])}
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
             "rng": state["rng"]}, out

@@ -29,6 +29,13 @@ TEXT_SOURCES = ("shakespeare", "python_stdlib", "text_files", "tfds")
 IMAGE_SOURCES = ("fashion_mnist", "image_folder", "tfds")
 IMAGE_SPLITS = ("train", "validation")
 HELDOUT_FRACTION = 0.02
+PACKED_FORMAT = 1  # Part of the packed-cache key: bump it when pack_documents' output changes.
+
+
+def cache_dir(cfg) -> str:
+  """`data.cache_dir`, else $PRETRAIN_CACHE, else ~/.cache/pretrain."""
+  return (cfg.get("cache_dir") or os.environ.get("PRETRAIN_CACHE")
+          or os.path.join(os.path.expanduser("~"), ".cache", "pretrain"))
 
 
 def _check_source(source: str, valid: tuple[str, ...], what: str) -> None:
@@ -59,7 +66,7 @@ def _text_documents(cfg, split: str) -> list[str]:
     source = tfds_source(cfg.tfds_name, split, cfg.get("tfds_data_dir"))
     return tfds_documents(source, cfg.get("feature") or "text")
   if cfg.source == "shakespeare":
-    docs = shakespeare_documents(cfg.cache_dir)
+    docs = shakespeare_documents(cache_dir(cfg))
   elif cfg.source == "python_stdlib":
     docs = python_stdlib_documents()
   else:
@@ -86,14 +93,15 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
   _check_source(data_cfg.source, TEXT_SOURCES, "text")
   corpus = _corpus_id(data_cfg)
   corpus_name = f"{data_cfg.source}-{_hash(corpus)[:12]}"
-  cache_dir = data_cfg.cache_dir
-  tok_path = tokenizer_path(cache_dir, corpus_name, tokenizer_kind, data_cfg.vocab_size)
+  root = cache_dir(data_cfg)
+  tok_path = tokenizer_path(root, corpus_name, tokenizer_kind, data_cfg.vocab_size)
   train_docs = [] if os.path.exists(tok_path) else _text_documents(data_cfg, "train")
   tokenizer = train_or_load_tokenizer(tokenizer_kind, data_cfg.vocab_size, corpus_name,
-                                      train_docs, cache_dir)
+                                      train_docs, root)
   key = _hash({"corpus": corpus, "split": split, "tokenizer": file_hash(tok_path),
-               "seq_len": data_cfg.seq_len, "heldout": HELDOUT_FRACTION})
-  path = os.path.join(cache_dir, "packed", f"{corpus_name}-{split}-{key[:16]}.npz")
+               "seq_len": data_cfg.seq_len, "heldout": HELDOUT_FRACTION,
+               "format": PACKED_FORMAT})
+  path = os.path.join(root, "packed", f"{corpus_name}-{split}-{key[:16]}.npz")
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
