@@ -108,6 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def tiny_schedule(c: ml_collections.ConfigDict, *, global_batch: int, lr: float) -> None:
+  """The short CPU run every `tiny` variant shares: 60 steps, eval and save at 30 and 60."""
+  c.train.update(steps=60, global_batch=global_batch, log_every=10, eval_every=30,
+                 eval_steps=2, checkpoint_every=30)
+  c.optim.update(lr=lr, warmup_steps=10)
+
+
 # Logical axis -> mesh axes. Params: embed on fsdp (ZeRO-3 style), heads/mlp/vocab on
 # tensor (Megatron style). Activations use act_* names so the batch can take fsdp too.
 DEFAULT_RULES = (

@@ -8,7 +8,7 @@ Variants: tiny (CPU test size), base, large, and the 24 miniatures L-{2..12}_H-{
 """
 from __future__ import annotations
 
-from configs.base import base_config
+from configs.base import base_config, tiny_schedule
 
 # Left out of the paper recipe: next-sentence prediction (RoBERTa showed it unnecessary),
 # dropout 0.1 (models have no dropout yet), and the 90%/10% split of steps between
@@ -56,14 +56,7 @@ def get_config(arg: str | None = None):
     c.model.max_len = 128
     c.data.vocab_size = 2048
     c.data.seq_len = 64
-    c.train.steps = 60
-    c.train.global_batch = 16
-    c.train.log_every = 10
-    c.train.eval_every = 30
-    c.train.eval_steps = 2
-    c.train.checkpoint_every = 30
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 10
+    tiny_schedule(c, global_batch=16, lr=2e-3)
   elif variant == "base":
     c.model.variant = "bert:base"
   elif variant == "large":

@@ -6,7 +6,7 @@ Variants: tiny (CPU test size), small, medium, large, xl (Table 2).
 """
 from __future__ import annotations
 
-from configs.base import base_config
+from configs.base import base_config, tiny_schedule
 
 # Dropout 0.1 (GPT-2 inherited it from GPT) is not implemented: models have no dropout yet.
 NOT_IMPLEMENTED = ("dropout",)
@@ -49,14 +49,7 @@ def get_config(arg: str | None = None):
     c.model.max_len = 64
     c.data.vocab_size = 2048
     c.data.seq_len = 64
-    c.train.steps = 60
-    c.train.global_batch = 16
-    c.train.log_every = 10
-    c.train.eval_every = 30
-    c.train.eval_steps = 2
-    c.train.checkpoint_every = 30
-    c.optim.lr = 3e-3
-    c.optim.warmup_steps = 10
+    tiny_schedule(c, global_batch=16, lr=3e-3)
   elif variant in ("small", "medium", "large", "xl"):
     c.model.variant = f"gpt2:{variant}"
   else:

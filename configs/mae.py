@@ -6,7 +6,7 @@ Variants: tiny (Fashion-MNIST on CPU), B/16, L/16, H/14 with the 1600-epoch reci
 """
 from __future__ import annotations
 
-from configs.base import base_config
+from configs.base import base_config, tiny_schedule
 
 IMAGENET_TRAIN = 1_281_167
 # ImageNet-1k input and the augmentation (RandomResizedCrop + flip) are not built in; point
@@ -58,14 +58,7 @@ def get_config(arg: str | None = None):
     # run a visible learning signal.
     c.objective.norm_pix_loss = False
     c.data.tfds_name = ""
-    c.train.steps = 60
-    c.train.global_batch = 32
-    c.train.log_every = 10
-    c.train.eval_every = 30
-    c.train.eval_steps = 2
-    c.train.checkpoint_every = 30
-    c.optim.lr = 2e-3
-    c.optim.warmup_steps = 10
+    tiny_schedule(c, global_batch=32, lr=2e-3)
   elif variant in ("B/16", "L/16", "H/14"):
     c.model.variant = f"vit:{variant}"
   else:

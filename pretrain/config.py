@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -179,14 +180,48 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(str(e)) from None
 
 
-def describe(config: ml_collections.ConfigDict) -> str:
-  """The resolved config, one key per line with its documentation."""
-  from configs.base import KEY_DOCS
+# A resumed run must agree on these or its checkpoint cannot mean the same thing; any other
+# difference (steps, logging, mesh, threads) is allowed and reported.
+RUN_IDENTITY = ("objective.", "model.", "data.source", "data.path", "data.tfds_name",
+                "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len", "seed")
 
-  lines = []
+
+def _leaf_values(config: ml_collections.ConfigDict) -> dict:
+  flat = {}
   for key in flatten_keys(config):
     value = config
     for part in key.split("."):
       value = value[part]
-    lines.append(f"{key} = {value!r}    # {KEY_DOCS.get(key, 'UNDOCUMENTED')}")
-  return "\n".join(lines)
+    flat[key] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Compares with the config.json a previous run left in `workdir`.
+
+  Raises ConfigError when an identity key differs (the checkpoint there belongs to another
+  model or data); returns the other differing keys, which a resume may change.
+  """
+  path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if not (os.path.exists(path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+    return []  # Nothing to resume: the run starts fresh and records its own config.
+  with open(path) as f:
+    saved = _leaf_values(ml_collections.ConfigDict(json.load(f)))
+  current = _leaf_values(config)
+  differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  fatal = [k for k in differing if k.startswith(RUN_IDENTITY)]
+  if fatal:
+    raise ConfigError(
+        f"--workdir={workdir} holds a run with different {', '.join(fatal)} (e.g. {fatal[0]}="
+        f"{saved.get(fatal[0])!r} there, {current.get(fatal[0])!r} now); use a new --workdir, "
+        f"or start from it with --config.init_from.path={workdir}")
+  return differing
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """The resolved config, one key per line with its documentation."""
+  from configs.base import KEY_DOCS
+
+  return "\n".join(f"{key} = {value!r}    # {KEY_DOCS.get(key, 'UNDOCUMENTED')}"
+                   for key, value in _leaf_values(config).items())

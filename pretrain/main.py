@@ -21,9 +21,12 @@ def main(argv: list[str]) -> int:
     import jax
     from pretrain import train  # Heavy imports only after the flags are known good.
     config_lib.validate(config, jax.device_count())
+    changed = config_lib.check_resumable(config, workdir)
   except (config_lib.ConfigError, KeyError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
+  if changed:
+    print(f"resuming with changed settings: {', '.join(changed)}", flush=True)
   train.train(config, workdir)
   return 0
 

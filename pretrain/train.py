@@ -173,15 +173,12 @@ def evaluate(run: Run, eval_step, params) -> dict[str, float]:
 
 
 def _write_config(workdir: str, config) -> None:
-  """Keeps the first run's config.json; a resumed run with other values only warns."""
+  """Records the config a fresh run starts with; `config.check_resumable` compares a rerun
+  against it. A resumed run never rewrites it."""
   path = os.path.join(workdir, "config.json")
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
-  if not os.path.exists(path):
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
-  elif open(path).read() != text:
-    print(f"warning: {path} differs from this run's config (kept the original)", flush=True)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -192,8 +189,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   peak = metrics_lib.peak_flops_per_device(t.peak_flops_per_device, config.model.dtype)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    _write_config(workdir, config)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   ckpt = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
   with sharding.activation_context(run.mesh, run.rules):
@@ -210,6 +205,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       data_iter.set_state(data_state)
       writer.console(f"resumed from {ckpt.directory}/{latest}")
     else:
+      if is_main:
+        _write_config(workdir, config)
       state = jax.jit(init, out_shardings=shardings)(rng)
       if config.init_from.path:
         params, report = checkpoint.load_params(config.init_from.path, config.init_from.step,

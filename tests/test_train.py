@@ -131,3 +131,13 @@ def test_bfloat16_compute_trains(tmp_path):
   f32, bf16 = losses(tmp_path / "f32"), losses(tmp_path / "bf16")
   assert abs(bf16[1] - f32[1]) < 0.05 * f32[1]
   assert np.mean([bf16[s] for s in (19, 20)]) < np.mean([bf16[s] for s in (1, 2)]) - 0.3
+
+
+def test_rerun_with_another_model_is_refused_before_work(trained, capsys):
+  """A workdir's checkpoints belong to one model: another one is a clear error."""
+  recipe, workdir = trained
+  listing = sorted(os.listdir(workdir / "checkpoints"))
+  assert run_main(recipe, workdir, "--config.model.dtype=bfloat16", "--config.seed=3") == 2
+  err = capsys.readouterr().err
+  assert "holds a run with different model.dtype, seed" in err and "init_from" in err
+  assert sorted(os.listdir(workdir / "checkpoints")) == listing
