@@ -151,6 +151,9 @@ def bench_one(name: str, dtype: str, *, steps: int, warmup: int, peaks: dict) ->
     for b in batches[:warmup]:
       state, out = compiled(state, b)
     _ready((state, out))
+    # Same-precision peak again, right now: on a shared machine it shows how contended
+    # this row's timing was (compare with the peak at the top).
+    peak_now = metrics_lib.measure_matmul_peak(dtype, n=PEAK_N, repeats=PEAK_REPEATS)
 
     times = []
     for b in batches[warmup:]:
@@ -198,6 +201,8 @@ def bench_one(name: str, dtype: str, *, steps: int, warmup: int, peaks: dict) ->
       "model_tflop_per_step": flops_per_step / 1e12,
       "achieved_gflop_per_s": flops_per_step / median / 1e9,
       "peak_gflop_per_s": peak / 1e9, "mfu": mfu,
+      "peak_now_gflop_per_s": peak_now / 1e9,
+      "mfu_vs_peak_now": flops_per_step / median / (peak_now * jax.device_count()),
       "matmul_flops_by_dtype": mix,
       "bf16_matmul_share": sum(v for k, v in mix.items() if k.startswith("bf16xbf16"))
                            / max(sum(mix.values()), 1.0),
@@ -230,7 +235,7 @@ def _load() -> str:
 
 def format_table(rows: list[dict]) -> str:
   head = ("config", "dtype", "batch", "params", "units/s", "step ms", "units/s+data",
-          "TFLOP/step", "GFLOP/s", "MFU", "bf16 mm", "compile s", "setup s")
+          "TFLOP/step", "GFLOP/s", "MFU", "peak now", "MFU@now", "bf16 mm", "compile s", "setup s")
   lines = []
   for r in rows:
     unit = "tok" if r["unit"] == "tokens" else "img"
@@ -239,6 +244,7 @@ def format_table(rows: list[dict]) -> str:
         f"{r['units_per_s']:,.0f} {unit}", f"{r['step_ms_median']:.1f}",
         f"{r['loop_units_per_s']:,.0f} {unit}", f"{r['model_tflop_per_step']:.4f}",
         f"{r['achieved_gflop_per_s']:.1f}", f"{100 * r['mfu']:.1f}%",
+        f"{r['peak_now_gflop_per_s']:.0f}", f"{100 * r['mfu_vs_peak_now']:.1f}%",
         f"{100 * r['bf16_matmul_share']:.0f}%", f"{r['compile_s']:.1f}", f"{r['setup_s']:.1f}"))
   widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h)
             for i, h in enumerate(head)]
@@ -292,6 +298,11 @@ def main(argv=None) -> int:
             flush=True)
   print()
   print(format_table(rows))
+  print("\nunits/s, step ms, GFLOP/s, MFU: median of the timed steps, device batches "
+        "prefetched; units/s+data: grain iterator in the loop. TFLOP/step = 3 x objective "
+        "forward FLOPs x batch. MFU: vs the peak at the top for the row's dtype; 'peak now' "
+        "(GFLOP/s) re-measured just before the row's timing, 'MFU@now' against it. 'bf16 mm': "
+        "share of the compiled step's dot FLOPs with bf16 x bf16 operands.")
   print(f"\ntotal {time.perf_counter() - wall:.0f}s, load average now {_load()}")
   if args.json:
     with open(args.json, "w") as f:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from configs.base import base_config, tiny_schedule
 
-# Dropout 0.1 (GPT-2 inherited it from GPT) is not implemented: models have no dropout yet.
-NOT_IMPLEMENTED = ("dropout",)
+# Not implemented: dropout 0.1 (GPT-2 inherited it from GPT; models have no dropout yet) and
+# §2.3's 1/sqrt(N) scaling of residual-layer init (all kernels use N(0, 0.02)).
+NOT_IMPLEMENTED = ("dropout", "scaled_residual_init")
 
 
 def get_config(arg: str | None = None):
