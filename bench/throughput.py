@@ -260,7 +260,7 @@ def main(argv=None) -> int:
   p.add_argument("--recipes", default=",".join(RECIPES),
                  help=f"comma-separated subset of {', '.join(RECIPES)}")
   p.add_argument("--dtypes", default=",".join(DTYPES), help="float32,bfloat16")
-  p.add_argument("--steps", type=int, default=10, help="timed steps per config and mode")
+  p.add_argument("--steps", type=int, default=15, help="timed steps per config and mode")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
   p.add_argument("--json", help="write the rows (and peaks) to this file")
   args = p.parse_args(argv)
