@@ -84,6 +84,9 @@ def dot_product_attention(
 
   Logits and softmax in float32 whatever the compute dtype; output in q's dtype.
   """
+  # Plain einsums (not models.precision.mixed_einsum): XLA:CPU cannot run the batched
+  # bf16 x bf16 -> f32 dots of their transpose at real sizes ("Unsupported element type for
+  # DotThunk"), so under bf16 these two (a small share of the FLOPs) run backward in f32.
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum(
       "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32

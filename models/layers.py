@@ -14,6 +14,7 @@ from flax import nnx
 
 from models.attention import dot_product_attention
 from models.partitioning import constrain, with_axes
+from models.precision import mixed_einsum
 
 Shape = int | Sequence[int]
 
@@ -53,9 +54,18 @@ class Dense(nnx.Module):
     self.out_dtype = jnp.dtype(out_dtype or dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                      self.num_in, preferred_element_type=jnp.float32)
+    kernel = self.kernel[...]
+    y = mixed_einsum(_contraction(x.ndim, self.num_in, kernel.ndim - self.num_in),
+                     x.astype(self.dtype), kernel.astype(self.dtype))
     return (y + self.bias[...]).astype(self.out_dtype)
+
+
+def _contraction(x_ndim: int, num_in: int, num_out: int) -> str:
+  """einsum spec contracting x's trailing num_in axes with a kernel's leading ones."""
+  letters = "abcdefghijklmnopqrstuvwxyz"
+  batch, ins = letters[:x_ndim - num_in], letters[x_ndim - num_in:x_ndim]
+  outs = letters[x_ndim:x_ndim + num_out]
+  return f"{batch}{ins},{ins}{outs}->{batch}{outs}"
 
 
 class LayerNorm(nnx.Module):
@@ -162,8 +172,7 @@ class Embed(nnx.Module):
   def attend(self, x: jax.Array, dtype) -> jax.Array:
     """x (..., D) -> (..., vocab) float32 = x @ table.T in the compute dtype."""
     dtype = jnp.dtype(dtype)
-    return jnp.einsum("...d,vd->...v", x.astype(dtype), self.table[...].astype(dtype),
-                      preferred_element_type=jnp.float32)
+    return mixed_einsum("...d,vd->...v", x.astype(dtype), self.table[...].astype(dtype))
 
 
 class MultiHeadAttention(nnx.Module):
