@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 STATE, DATA = "state", "data"
@@ -137,7 +136,3 @@ def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple
   treedef = jax.tree.structure(target_params)
   return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
 
-
-def host_array(x) -> np.ndarray:
-  """A fully addressable copy of a (possibly sharded) array, for tests and exports."""
-  return np.asarray(jax.device_get(x))
