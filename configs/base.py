@@ -12,6 +12,7 @@ import ml_collections
 
 KEY_DOCS: dict[str, str] = {
     "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
+    "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
     "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae.",
     "objective.mask_rate": "mlm: fraction of tokens selected for prediction (BERT: 0.15).",
@@ -35,6 +36,8 @@ KEY_DOCS: dict[str, str] = {
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
     "model.ln_eps": "LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5, ViT/MAE 1e-6).",
     "model.dtype": "Compute dtype: float32 or bfloat16 (params and optimizer state stay float32).",
+    "model.scan_layers": "Run each transformer stack as one scanned block (params get a leading 'layers' axis; compiles once per stack, not per layer). Changes the param tree.",
+    "model.remat": "Recompute activations in the backward pass per block: none, full (save nothing) or dots (save matmul outputs only).",
     "model.image_size": "ViT input size (H, W).",
     "model.patch_size": "ViT patch size (ph, pw); 0 takes the variant's (the /16 in B/16).",
     "model.channels": "Image channels.",
@@ -64,6 +67,8 @@ KEY_DOCS: dict[str, str] = {
     "train.checkpoint_every": "Steps between checkpoints (the final step is always saved).",
     "train.keep_checkpoints": "Checkpoints kept in <workdir>/checkpoints (oldest deleted first).",
     "train.peak_flops_per_device": "Peak FLOP/s per device for MFU; 0 = known table for TPU/GPU, measured matmul peak on CPU.",
+    "train.nonfinite": "A step whose loss or gradient norm is NaN/Inf keeps the previous params and optimizer state; then 'stop' raises at the next log or checkpoint (before saving), naming the step, or 'skip' goes on and counts it in the nonfinite_steps metric.",
+    "train.checkpoint_timeout_s": "Seconds a checkpoint may take to commit before the run fails naming the step and directory.",
     # optim
     "optim.lr": "Peak learning rate.",
     "optim.schedule": "Decay after warmup: cosine, linear or constant.",
@@ -90,15 +95,16 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every recipe; a recipe fills objective/model/data."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.topology = ""
   c.objective = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none"))
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature=""))
   c.train = ml_collections.ConfigDict(
       dict(steps=1000, global_batch=32, grad_accum=1, log_every=10, eval_every=0,
            eval_steps=4, checkpoint_every=500, keep_checkpoints=3,
-           peak_flops_per_device=0.0))
+           peak_flops_per_device=0.0, nonfinite="stop", checkpoint_timeout_s=600.0))
   c.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, schedule="linear", warmup_steps=100, end_lr_fraction=0.0,
            weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
@@ -125,6 +131,7 @@ DEFAULT_RULES = (
     ("vocab", "tensor"),
     ("kv", None),
     ("patch", None),
+    ("layers", None),  # A scanned stack's layer axis: each device holds every layer.
     ("norm", None),
     ("length", None),
     ("act_embed", None),

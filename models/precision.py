@@ -12,6 +12,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 
 def _parse(spec: str) -> tuple[str, str, str]:
@@ -24,13 +25,21 @@ def _labels(term: str) -> set[str]:
   return set(term.replace("...", "")) | ({"..."} if "..." in term else set())
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+# Remat policies see through a custom_vjp only by name: "dots" saves outputs named so.
+MATMUL_NAME = "mixed_matmul"
+
+
 def mixed_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   """`einsum(spec, a, b)` accumulated in float32 (float32 result).
 
   spec is a two-operand contraction in which every label of an operand also appears in the
   other operand or the output (matmul-like: no label summed within one operand alone).
   """
+  return checkpoint_name(_mixed_einsum(spec, a, b), MATMUL_NAME)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _mixed_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
@@ -40,7 +49,7 @@ def _fwd(spec, a, b):
     if not _labels(term) <= _labels(other) | _labels(out):
       raise ValueError(f"mixed_einsum({spec!r}): a label of {term!r} is in neither "
                        "the other operand nor the output")
-  return mixed_einsum(spec, a, b), (a, b)
+  return _mixed_einsum(spec, a, b), (a, b)
 
 
 def _bwd(spec, residuals, g):
@@ -52,4 +61,4 @@ def _bwd(spec, residuals, g):
   return da.astype(a.dtype), db.astype(b.dtype)
 
 
-mixed_einsum.defvjp(_fwd, _bwd)
+_mixed_einsum.defvjp(_fwd, _bwd)

@@ -14,9 +14,18 @@ from flax import nnx
 from models.layers import (NORMS, Dense, Embed, LearnedPositions, Mlp, MultiHeadAttention,
                            const_param, sinusoidal_positions)
 from models.partitioning import constrain
+from models.precision import MATMUL_NAME
 
 ACT = ("batch", "length", "act_embed")
 DTYPES = ("float32", "bfloat16")
+LAYERS = "layers"  # Logical name of a scanned stack's leading param axis.
+# What a rematerialized block keeps for the backward pass; "none" (no remat) keeps all.
+# "full" recomputes the block; "dots" keeps matmul outputs and recomputes the rest.
+REMAT_POLICIES = {"full": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.save_from_both_policies(
+                      jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                      jax.checkpoint_policies.save_only_these_names(MATMUL_NAME))}
+REMAT = ("none", *REMAT_POLICIES)
 
 
 def check_choice(field: str, value, valid) -> None:
@@ -39,9 +48,12 @@ class BlockConfig:
   init_std: float = 0.02
   rotary: bool = False
   fused_qkv: bool = False
+  scan_layers: bool = False  # one scanned block with stacked params instead of a list
+  remat: str = "none"  # see REMAT_POLICIES
 
   def validate(self) -> None:
     check_choice("norm", self.norm, ("pre", "post"))
+    check_choice("remat", self.remat, REMAT)
     check_choice("norm_type", self.norm_type, tuple(NORMS))
     check_choice("activation", self.activation, ("gelu", "swiglu"))
     check_choice("dtype", self.dtype, DTYPES)
@@ -81,18 +93,45 @@ class Block(nnx.Module):
 
 
 class TransformerStack(nnx.Module):
-  """`num_layers` blocks over embeddings; pre-LN ends with a final norm."""
+  """`num_layers` blocks over embeddings; pre-LN ends with a final norm.
+
+  Unscanned, `blocks` is a list (params blocks/<i>/...). With `scan_layers` it is one
+  Block whose params carry a leading `layers` axis, applied by `nnx.scan`: the step
+  compiles one block body instead of `num_layers` copies.
+  """
 
   def __init__(self, cfg: BlockConfig, num_layers: int, *, rngs: nnx.Rngs):
     cfg.validate()
-    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(num_layers)])
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=num_layers)
+      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
+      def stacked(rngs):
+        return Block(cfg, rngs=rngs)
+
+      self.blocks = stacked(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(num_layers)])
     self.final_norm = make_norm(cfg) if cfg.norm == "pre" else None
+    self.scan_layers, self.remat = cfg.scan_layers, cfg.remat
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None,
                positions: jax.Array | None = None) -> jax.Array:
     """x (B, L, D), mask bool (B, 1, L, L) or None, positions (B, L) for rotary."""
-    for block in self.blocks:
-      x = block(x, mask=mask, positions=positions)
+
+    def apply(x, block):
+      return block(x, mask=mask, positions=positions)
+
+    if self.remat != "none":
+      # prevent_cse keeps XLA from merging the recomputation back into the forward pass;
+      # a scan body cannot be merged, so there the guard would only cost speed.
+      apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat],
+                        prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      x = nnx.scan(apply, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+                   transform_metadata={nnx.PARTITION_NAME: LAYERS})(x, self.blocks)
+    else:
+      for block in self.blocks:
+        x = apply(x, block)
     return x if self.final_norm is None else constrain(self.final_norm(x), ACT)
 
 
@@ -115,6 +154,8 @@ class TransformerConfig:
   ln_eps: float = 1e-5  # BERT: 1e-12
   init_std: float = 0.02
   fused_qkv: bool = False
+  scan_layers: bool = False
+  remat: str = "none"
 
   @property
   def block(self) -> BlockConfig:
@@ -122,7 +163,7 @@ class TransformerConfig:
         d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, norm=self.norm,
         norm_type=self.norm_type, activation=self.activation, dtype=self.dtype,
         ln_eps=self.ln_eps, init_std=self.init_std, rotary=self.pos_emb == "rotary",
-        fused_qkv=self.fused_qkv)
+        fused_qkv=self.fused_qkv, scan_layers=self.scan_layers, remat=self.remat)
 
   def validate(self) -> None:
     check_choice("pos_emb", self.pos_emb, ("learned", "sinusoidal", "rotary", "none"))

@@ -80,6 +80,8 @@ class ViTConfig:
   dec_layers: int = 8
   dec_heads: int = 16
   dec_d_ff: int = 2048
+  scan_layers: bool = False
+  remat: str = "none"
 
   @property
   def grid(self) -> tuple[int, ...]:
@@ -101,7 +103,8 @@ class ViTConfig:
   def encoder_block(self) -> BlockConfig:
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff,
                        norm=self.norm, activation=self.activation, dtype=self.dtype,
-                       ln_eps=self.ln_eps, init_std=self.init_std)
+                       ln_eps=self.ln_eps, init_std=self.init_std,
+                       scan_layers=self.scan_layers, remat=self.remat)
 
   @property
   def decoder_block(self) -> BlockConfig:

@@ -1,20 +1,32 @@
 """Orbax checkpoints: async keep-N saves, automatic resume, and `init_from`.
 
-A checkpoint holds the whole train state (params, optimizer state, step, RNG) and the
-data-iterator state (JSON), so rerunning the same command continues the same run. Orbax
-writes each step to a temporary directory and renames it when complete, so a crash
-mid-save never replaces the previous good checkpoint.
+A checkpoint holds the whole train state (params, optimizer state, step, RNG, non-finite
+step counters) and the data-iterator state (JSON), so rerunning the same command continues
+the same run. Orbax writes each step to a temporary directory and renames it when complete,
+so a crash mid-save never replaces the previous good checkpoint; it ignores such leftover
+`<step>.orbax-checkpoint-tmp*` directories and replaces one only when it saves that step
+again. Nothing here deletes a committed step except keep-N: a step that no longer restores
+is moved aside to `checkpoints/corrupt-<step>-<time>` (see `Checkpointer.restore_latest`).
+Nothing is ever unpickled: arrays are tensorstore/OCDBT files, the data state is JSON.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import sys
+import threading
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 STATE, DATA = "state", "data"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that failed to save, to commit in time, or to restore; one-line message."""
 
 
 def checkpoint_dir(path: str) -> str:
@@ -24,23 +36,87 @@ def checkpoint_dir(path: str) -> str:
   return sub if os.path.isdir(sub) else path
 
 
-class Checkpointer:
-  """Saves/restores {state, data} under <workdir>/checkpoints/<step>."""
+def _one_line(error: BaseException, limit: int = 200) -> str:
+  """orbax/tensorstore errors span many lines; messages here are one."""
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+
+def _run_with_timeout(fn: Callable[[], Any], timeout_s: float) -> None:
+  """fn() in a daemon thread (a hung commit must not also hang the exit); re-raises its
+  error, raises TimeoutError when it is still running after `timeout_s`."""
+  errors: list[BaseException] = []
+
+  def target():
+    try:
+      fn()
+    except BaseException as e:  # noqa: BLE001  (handed to the caller's thread)
+      errors.append(e)
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if thread.is_alive():
+    raise TimeoutError
+  if errors:
+    raise errors[0]
+
+
+class Checkpointer:
+  """Saves/restores {state, data} under <workdir>/checkpoints/<step>.
+
+  At most one save is in flight; `wait` (called before the next save and at the end)
+  turns its failure or a commit slower than `timeout_s` into a CheckpointError.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True,
+               timeout_s: float = 600.0):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(
+    self.timeout_s = timeout_s
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=(STATE, DATA))
+    self._manager = self._open()
+    self._pending: int | None = None  # the step whose save may not have committed yet
+    self._failed = False  # a save failed or hung: orbax's close would re-raise or hang
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options,
+                                 item_names=(STATE, DATA))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state)}),
-        force=True)
+    self.wait()
+    self._pending = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data_state)}),
+          force=True)
+    except Exception as e:
+      self._pending = None
+      raise self._save_error(step, e) from e
+
+  def wait(self) -> None:
+    """Blocks until the pending save has committed."""
+    step, self._pending = self._pending, None
+    if step is None:
+      return
+    try:
+      _run_with_timeout(self._manager.wait_until_finished, self.timeout_s)
+    except TimeoutError:
+      self._failed = True
+      raise CheckpointError(
+          f"checkpoint step {step} did not commit to {self.directory} within "
+          f"train.checkpoint_timeout_s={self.timeout_s:g}s; earlier steps there are intact"
+          ) from None
+    except Exception as e:
+      self._failed = True
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, error: Exception) -> CheckpointError:
+    return CheckpointError(f"saving checkpoint step {step} to {self.directory} failed "
+                           f"({_one_line(error)}); earlier steps there are intact")
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores onto `abstract_state`'s shardings (ShapeDtypeStructs with shardings)."""
@@ -48,11 +124,50 @@ class Checkpointer:
         **{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA]
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, data state) of the newest step that restores; None when there is none.
+
+    A newer step that fails to restore (truncated or missing files) is warned about and
+    moved aside to `corrupt-<step>-<time>`, never deleted: the run will save that step
+    number again, which orbax refuses while the directory exists. When no step restores,
+    nothing is moved and the error names every step and why it failed.
+    """
+    failed: list[tuple[int, str]] = []
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state, data = self.restore(step, abstract_state)
+      except Exception as e:  # noqa: BLE001  (any unreadable step is a fallback case)
+        failed.append((step, _one_line(e)))
+        continue
+      if failed:
+        self._move_aside(failed, step)
+      return step, state, data
+    if failed:
+      reasons = "; ".join(f"step {s}: {why}" for s, why in failed)
+      raise CheckpointError(f"no checkpoint in {self.directory} restores ({reasons}); nothing "
+                            "was moved or deleted: move them aside or use a new --workdir")
+    return None
+
+  def _move_aside(self, failed: list[tuple[int, str]], good: int) -> None:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for step, why in failed:
+      target = os.path.join(self.directory, f"corrupt-{step}-{stamp}")
+      if jax.process_index() == 0:
+        os.rename(os.path.join(self.directory, str(step)), target)
+      print(f"warning: checkpoint {self.directory}/{step} does not restore ({why}); moved "
+            f"to {target}, resuming from step {good}", file=sys.stderr, flush=True)
+    multihost_utils.sync_global_devices("checkpoint_move_aside")
+    self._manager.close()
+    self._manager = self._open()  # It cached the moved steps.
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for the pending save, then stops orbax's threads (unless a save failed: that
+    error was raised already)."""
+    try:
+      self.wait()
+    finally:
+      if not self._failed:
+        self._manager.close()
 
 
 @dataclasses.dataclass

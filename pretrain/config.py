@@ -7,6 +7,7 @@ key or value and what would be valid, raised before any data is read or step com
 from __future__ import annotations
 
 import ast
+import glob
 import importlib.util
 import json
 import os
@@ -21,6 +22,7 @@ from pretrain.optim import SCHEDULES
 from pretrain.registry import MODELS, OBJECTIVES
 
 DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -38,7 +40,10 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ConfigError(f"--config={spec}: {path} defines no get_config(arg)")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except ValueError as e:  # A recipe names its valid variants in the message.
+    raise ConfigError(f"--config={spec}: {e}") from None
   config.lock()
   return config
 
@@ -143,6 +148,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
               "keep_checkpoints", "eval_steps"):
     _require(t[key] > 0, f"train.{key}={t[key]}: must be > 0")
   _require(t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be >= 0 (0 = never)")
+  _require(t.checkpoint_timeout_s > 0,
+           f"train.checkpoint_timeout_s={t.checkpoint_timeout_s}: must be > 0 (seconds)")
+  _require(t.nonfinite in NONFINITE_POLICIES,
+           f"train.nonfinite={t.nonfinite!r}; valid: {', '.join(NONFINITE_POLICIES)}")
   _require(t.global_batch % t.grad_accum == 0,
            f"train.global_batch={t.global_batch} is not divisible by train.grad_accum="
            f"{t.grad_accum}")
@@ -169,15 +178,50 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(config.data.source in sources,
            f"data.source={config.data.source!r} cannot feed objective {objective.name!r} "
            f"({objective.modality}); valid: {', '.join(sources)}")
+  _validate_data_path(config.data)
   if objective.modality == "text":
-    kind = config.data.get("tokenizer") or objective.tokenizer
-    _require(kind in TOKENIZER_KINDS,
-             f"data.tokenizer={kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
+    _validate_text(config, objective.tokenizer)
   try:
     objective.validate(config)
     MODELS.get(config.model.name).validate(config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _validate_data_path(data) -> None:
+  """File sources must point at something before any tokenizer or cache is built."""
+  if data.source == "text_files":
+    _require(any(os.path.isfile(p) for p in glob.glob(data.path, recursive=True)),
+             f"data.path={data.path!r}: no files match (data.source=text_files wants a glob "
+             f"of .txt/.jsonl files)")
+  elif data.source == "image_folder":
+    _require(os.path.isdir(data.path), f"data.path={data.path!r}: no such directory "
+             f"(data.source=image_folder wants <path>/<class>/*.png|jpg)")
+
+
+def _validate_text(config: ml_collections.ConfigDict, default_tokenizer: str) -> None:
+  d = config.data
+  kind = d.get("tokenizer") or default_tokenizer
+  _require(kind in TOKENIZER_KINDS, f"data.tokenizer={kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
+  for key in ("seq_len", "vocab_size"):
+    _require(d[key] > 0, f"data.{key}={d[key]}: must be > 0")
+  if config.model.get("pos_emb") == "learned":
+    _require(d.seq_len <= config.model.max_len,
+             f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}, the "
+             f"learned position table's size; lower data.seq_len or raise model.max_len")
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir must be (or be creatable as) a writable directory; checked before any
+  data is read, so a bad --workdir costs nothing."""
+  path = os.path.abspath(workdir)
+  _require(not os.path.exists(path) or os.path.isdir(path),
+           f"--workdir={workdir} exists and is not a directory")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  _require(os.path.isdir(parent), f"--workdir={workdir}: {parent} is a file, not a directory")
+  _require(os.access(parent, os.W_OK | os.X_OK), f"--workdir={workdir}: {parent} is not writable")
 
 
 # A resumed run must agree on these or its checkpoint cannot mean the same thing; any other
@@ -199,9 +243,11 @@ def _leaf_values(config: ml_collections.ConfigDict) -> dict:
 def check_resumable(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Compares with the config.json a previous run left in `workdir`.
 
-  Raises ConfigError when an identity key differs (the checkpoint there belongs to another
-  model or data); returns the other differing keys, which a resume may change.
+  Raises ConfigError when the workdir is unusable or an identity key differs (the
+  checkpoint there belongs to another model or data); returns the other differing keys,
+  which a resume may change.
   """
+  check_workdir(workdir)
   path = os.path.join(workdir, "config.json")
   checkpoints = os.path.join(workdir, "checkpoints")
   if not (os.path.exists(path) and os.path.isdir(checkpoints) and os.listdir(checkpoints)):

@@ -6,7 +6,6 @@ Explicit nonzero `num_layers`/`d_model`/`num_heads`/`d_ff` override a named size
 """
 from __future__ import annotations
 
-
 from models import variants
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
@@ -43,6 +42,11 @@ def padded_vocab(vocab_size: int) -> int:
   return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
+def stack_options(model_cfg) -> dict:
+  """How every transformer stack of the model runs: scanned or not, remat policy."""
+  return dict(scan_layers=model_cfg.scan_layers, remat=model_cfg.remat)
+
+
 class TransformerBuilder:
   """Text encoder/decoder (BERT, GPT-2, ...): `TextTransformer`."""
 
@@ -53,7 +57,7 @@ class TransformerBuilder:
         pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
         head_transform=model_cfg.head_transform, ln_eps=model_cfg.ln_eps,
-        **{k: size[k] for k in SIZE_KEYS})
+        **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
@@ -78,7 +82,8 @@ class MaeBuilder:
         norm=model_cfg.norm, activation=model_cfg.activation, dtype=model_cfg.dtype,
         ln_eps=model_cfg.ln_eps, dec_d_model=model_cfg.dec_d_model,
         dec_layers=model_cfg.dec_layers, dec_heads=model_cfg.dec_heads,
-        dec_d_ff=model_cfg.dec_d_ff, **{k: size[k] for k in SIZE_KEYS})
+        dec_d_ff=model_cfg.dec_d_ff, **stack_options(model_cfg),
+        **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo()).validate()

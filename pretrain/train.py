@@ -3,12 +3,20 @@
 Everything objective-specific comes through the `Objective` interface
 (objectives/base.py); everything model-specific through a registered model builder. The
 step is one jit-compiled pure function of (state, global batch) sharded over the mesh.
+
+Faults: a step with a non-finite loss or gradient keeps the previous params (counted in the
+state, checked on the host only at log/checkpoint boundaries, see `train.nonfinite`);
+SIGTERM checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a checkpoint
+that no longer restores is moved aside and the previous one used (checkpoint.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -17,11 +25,19 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from objectives.base import DataInfo, ModelDef, Objective
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain.data import pipeline
 from pretrain.registry import MODELS, OBJECTIVES
+
+# EX_TEMPFAIL: the run was stopped on purpose with its state saved; rerun the same command.
+PREEMPTED_EXIT_CODE = os.EX_TEMPFAIL
+
+
+class Preempted(SystemExit):
+  """SIGTERM arrived; the current step is checkpointed. Exits with PREEMPTED_EXIT_CODE."""
 
 
 @dataclasses.dataclass
@@ -60,22 +76,34 @@ def build_data(config, objective: Objective):
 def setup(config: ml_collections.ConfigDict) -> Run:
   config_lib.validate(config, jax.device_count())
   objective = OBJECTIVES.get(config.objective.name)
-  train_source, eval_source, info = build_data(config, objective)
   builder = MODELS.get(config.model.name)
-  model_cfg = builder.model_config(config.model, info)
+  try:  # Bad data (empty files, mixed image shapes, ...) is an input error, before compile.
+    train_source, eval_source, info = build_data(config, objective)
+    model_cfg = builder.model_config(config.model, info)
+    model_cfg.validate()  # Now against the data's real shapes (e.g. image size vs patch).
+  except (FileNotFoundError, ValueError) as e:
+    raise config_lib.ConfigError(f"data.source={config.data.source!r}: {e}") from None
+  return build_run(config, objective, info, model_cfg, train_source, eval_source)
+
+
+def build_run(config, objective: Objective, info: DataInfo, model_cfg, train_source,
+              eval_source, devices=None) -> Run:
+  """The Run for known data shapes: abstract model, mesh (over `devices`, default all),
+  optimizer. `pretrain.aot` calls it with compile-only TPU devices and no sources."""
+  builder = MODELS.get(config.model.name)
   with nnx.use_eager_sharding(False):
     abstract = nnx.eval_shape(lambda: builder.build(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   if jax.tree.leaves(rest):
     raise NotImplementedError(f"model {config.model.name!r} has non-param state; the "
                               "trainer only carries params so far")
-  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
   return Run(config=config, objective=objective, info=info, train_source=train_source,
-             eval_source=eval_source, mesh=sharding.make_mesh(config.mesh),
+             eval_source=eval_source, mesh=sharding.make_mesh(config.mesh, devices),
              rules=sharding.rules_tuple(config.sharding_rules),
              model_def=ModelDef(graphdef), model_cfg=model_cfg,
              abstract_params=abstract_params,
-             tx=optim.make_optimizer(config.optim, config.train.steps), schedule=schedule)
+             tx=optim.make_optimizer(config.optim, config.train.steps),
+             schedule=optim.learning_rate_schedule(config.optim, config.train.steps))
 
 
 def state_shardings(run: Run, abstract_state) -> dict:
@@ -84,11 +112,13 @@ def state_shardings(run: Run, abstract_state) -> dict:
   replicated = sharding.replicated(run.mesh)
   opt = optax.tree_map_params(run.tx, lambda _, s: s, abstract_state["opt_state"], params,
                               transform_non_params=lambda _: replicated)
-  return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated}
+  return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated,
+          "nonfinite_steps": replicated, "first_nonfinite_step": replicated}
 
 
 def init_state_fn(run: Run):
-  """A pure function rng -> fresh train state (params, optimizer state, step, rng)."""
+  """A pure function rng -> fresh train state (params, optimizer state, step, rng, and the
+  count and first step (1-based, 0 = none) of steps skipped for a non-finite loss/grad)."""
   builder = MODELS.get(run.config.model.name)
 
   def init(rng):
@@ -96,7 +126,9 @@ def init_state_fn(run: Run):
       module = builder.build(run.model_cfg, nnx.Rngs(rng))
     params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
     return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": run.tx.init(params), "rng": rng}
+            "opt_state": run.tx.init(params), "rng": rng,
+            "nonfinite_steps": jnp.zeros((), jnp.int32),
+            "first_nonfinite_step": jnp.zeros((), jnp.int32)}
 
   return init
 
@@ -131,10 +163,20 @@ def make_train_step(run: Run, shardings):
       loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
     updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    out = {"loss": loss_value, **aux, "grad_norm": optax.tree.norm(grads),
-           "lr": run.schedule(state["step"])}
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-            "rng": state["rng"]}, out
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
+    # No host sync here: a bad step is undone on device and only counted.
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     (params, opt_state), (state["params"], state["opt_state"]))
+    first_bad = state["first_nonfinite_step"]
+    new_state = {
+        "step": state["step"] + 1, "params": params, "opt_state": opt_state,
+        "rng": state["rng"], "nonfinite_steps": state["nonfinite_steps"] + (~finite),
+        "first_nonfinite_step": jnp.where(finite | (first_bad > 0), first_bad,
+                                          state["step"] + 1)}
+    out = {"loss": loss_value, **aux, "grad_norm": grad_norm,
+           "lr": run.schedule(state["step"]), "nonfinite_steps": new_state["nonfinite_steps"]}
+    return new_state, out
 
   return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(run.mesh)),
                  out_shardings=(shardings, sharding.replicated(run.mesh)), donate_argnums=0)
@@ -183,6 +225,7 @@ def _write_config(workdir: str, config) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+  config_lib.check_workdir(workdir)
   run = setup(config)
   t = config.train
   # Measured (on CPU) before any data thread starts competing for the cores.
@@ -190,40 +233,89 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  ckpt = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints)
-  with sharding.activation_context(run.mesh, run.rules):
-    init = init_state_fn(run)
-    rng = jax.random.key_data(jax.random.key(config.seed))
-    abstract_state = jax.eval_shape(init, rng)
-    shardings = state_shardings(run, abstract_state)
-    data_iter = make_iterator(run, run.train_source, shuffle=True)
-    latest = ckpt.latest_step()
-    if latest is not None:
+  ckpt = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints,
+                                 timeout_s=t.checkpoint_timeout_s)
+  try:
+    with sharding.activation_context(run.mesh, run.rules), _sigterm_flag() as preempted:
+      init = init_state_fn(run)
+      rng = jax.random.key_data(jax.random.key(config.seed))
+      abstract_state = jax.eval_shape(init, rng)
+      shardings = state_shardings(run, abstract_state)
+      data_iter = make_iterator(run, run.train_source, shuffle=True)
       target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_state, shardings)
-      state, data_state = ckpt.restore(latest, target)
-      data_iter.set_state(data_state)
-      writer.console(f"resumed from {ckpt.directory}/{latest}")
-    else:
-      if is_main:
-        _write_config(workdir, config)
-      state = jax.jit(init, out_shardings=shardings)(rng)
-      if config.init_from.path:
-        params, report = checkpoint.load_params(config.init_from.path, config.init_from.step,
-                                                config.init_from.subtree, state["params"])
-        state = {**state, "params": params}
-        writer.console(report.summary())
-    train_step = make_train_step(run, shardings)
-    eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
-    start = int(jax.device_get(state["step"]))
-    last = _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak)
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
-  return last
+      resumed = ckpt.restore_latest(target)
+      if resumed is not None:
+        step, state, data_state = resumed
+        data_iter.set_state(data_state)
+        writer.console(f"resumed from {ckpt.directory}/{step}")
+      else:
+        if is_main:
+          _write_config(workdir, config)
+        state = jax.jit(init, out_shardings=shardings)(rng)
+        if config.init_from.path:
+          params, report = checkpoint.load_params(config.init_from.path, config.init_from.step,
+                                                  config.init_from.subtree, state["params"])
+          state = {**state, "params": params}
+          writer.console(report.summary())
+      train_step = make_train_step(run, shardings)
+      eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
+      start = int(jax.device_get(state["step"]))
+      return _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak,
+                   preempted)
+  finally:
+    writer.close()
+    ckpt.close()
 
 
-def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak_info):
+@contextlib.contextmanager
+def _sigterm_flag():
+  """An Event that SIGTERM (a preemption notice) sets instead of killing the process; the
+  loop checks it between steps. Off the main thread (no signals there) it is never set."""
+  flag = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield flag
+    return
+  previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _should_stop(preempted: threading.Event, done: int, t) -> bool:
+  """Whether to save and exit after step `done` on a preemption notice.
+
+  One process stops at once. Several processes stop only at log boundaries, where they
+  agree through an all-gather: a process stopping alone while the others run the next step
+  would deadlock their collectives (SIGTERM reaches hosts at different steps).
+  """
+  if done >= t.steps:
+    return False
+  if jax.process_count() == 1:
+    return preempted.is_set()
+  if done % t.log_every:
+    return False
+  flags = multihost_utils.process_allgather(np.asarray(preempted.is_set()))
+  return bool(np.any(flags))
+
+
+def _check_finite(state, policy: str, ckpt) -> None:
+  """Host check at log/checkpoint boundaries: with train.nonfinite=stop, any skipped step
+  ends the run before anything is saved after it."""
+  if policy != "stop":
+    return
+  count, first = (int(x) for x in jax.device_get(
+      (state["nonfinite_steps"], state["first_nonfinite_step"])))
+  if count:
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {first} ({count} such step(s) so far, "
+        f"train.nonfinite=stop); nothing was saved after it: the checkpoints in "
+        f"{ckpt.directory} are untouched")
+
+
+def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak_info,
+          preempted):
   t, objective = run.config.train, run.objective
   peak, peak_source = peak_info
   flops = 3 * objective.forward_flops_per_example(run.config, run.info, run.model_cfg)
@@ -236,38 +328,41 @@ def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, pea
                  f"({peak_source})")
   last: dict[str, float] = {}
   step_time = 0.0
-  try:
-    for step in range(start, t.steps):
-      batch = sharding.global_batch(next(data_iter), run.mesh)
-      state, out = train_step(state, batch)
-      done = step + 1
-      if step == start:  # Exclude compilation from throughput.
-        jax.block_until_ready(out)
-        meter.restart()
-      else:
-        meter.tick()
-      if done % t.log_every == 0 or done == t.steps:
-        last = {k: float(v) for k, v in jax.device_get(out).items()}
-        if not np.isfinite(last["loss"]):
-          raise FloatingPointError(f"loss is {last['loss']} at step {done}; the last "
-                                   f"checkpoint in {ckpt.directory} is untouched")
-        last.update(meter.report())
-        step_time = last.get("step_time", step_time)
-        writer.write(done, last)
-        writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
-                                                 step_time * (t.steps - done)))
-      if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
-        scores = evaluate(run, eval_step, state["params"])
-        writer.write(done, scores)
-        writer.console(f"eval step {done}: " + ", ".join(f"{k} {v:.4f}"
-                                                         for k, v in scores.items()))
-        last.update(scores)
-        meter.restart()
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        ckpt.save(done, state, data_iter.get_state())
-        meter.restart()
-  finally:
-    ckpt.wait()
+  for step in range(start, t.steps):
+    batch = sharding.global_batch(next(data_iter), run.mesh)
+    state, out = train_step(state, batch)
+    done = step + 1
+    if step == start:  # Exclude compilation from throughput.
+      jax.block_until_ready(out)
+      meter.restart()
+    else:
+      meter.tick()
+    if done % t.log_every == 0 or done == t.steps:
+      _check_finite(state, t.nonfinite, ckpt)
+      last = {k: float(v) for k, v in jax.device_get(out).items()}
+      last.update(meter.report())
+      step_time = last.get("step_time", step_time)
+      writer.write(done, last)
+      writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
+                                               step_time * (t.steps - done)))
+    if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
+      scores = evaluate(run, eval_step, state["params"])
+      writer.write(done, scores)
+      writer.console(f"eval step {done}: " + ", ".join(f"{k} {v:.4f}"
+                                                       for k, v in scores.items()))
+      last.update(scores)
+      meter.restart()
+    stop = _should_stop(preempted, done, t)
+    if done % t.checkpoint_every == 0 or done == t.steps or stop:
+      _check_finite(state, t.nonfinite, ckpt)
+      ckpt.save(done, state, data_iter.get_state())
+      meter.restart()
+    if stop:
+      ckpt.wait()
+      writer.console(f"preempted (SIGTERM): saved step {done} to {ckpt.directory}/{done}; "
+                     f"rerun the same command to resume (exit code {PREEMPTED_EXIT_CODE})")
+      raise Preempted(PREEMPTED_EXIT_CODE)
+  ckpt.wait()
   return last
 
 

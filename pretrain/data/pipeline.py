@@ -71,6 +71,8 @@ def _text_documents(cfg, split: str) -> list[str]:
     docs = python_stdlib_documents()
   else:
     docs = text_file_documents(cfg.path)
+    if not docs:  # Otherwise a tokenizer is trained on nothing and fails obscurely.
+      raise ValueError(f"data.path={cfg.path!r}: the matching files hold no text")
   return split_documents(docs, split, HELDOUT_FRACTION)
 
 

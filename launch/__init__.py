@@ -1,0 +1,1 @@
+"""Launchers that start `python -m pretrain.main` as the processes of one run."""
