@@ -14,15 +14,17 @@ KEY_DOCS: dict[str, str] = {
     "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
-    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae.",
+    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm.",
     "objective.mask_rate": "mlm: fraction of tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
     "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
     "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
     "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",
+    "objective.noise_density": "span_corruption: fraction of tokens dropped from the encoder input into noise spans (T5: 0.15).",
+    "objective.mean_span_length": "span_corruption: mean noise-span length in tokens (T5: 3); each span becomes one sentinel.",
     # model
-    "model.name": "Registered model builder: transformer (text encoder/decoder) or mae.",
+    "model.name": "Registered model builder: transformer (text encoder or decoder), encoder_decoder (T5-style) or mae.",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
@@ -45,6 +47,8 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_layers": "MAE decoder depth.",
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
+    "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
+    "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",

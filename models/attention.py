@@ -15,29 +15,41 @@ import jax.numpy as jnp
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
-def _bidirectional(q_idx, k_idx, prefix_len):
-  del prefix_len
+def _bidirectional(q_idx, k_idx, prefix_len, is_prefix):
+  del prefix_len, is_prefix
   return jnp.ones((1, q_idx.shape[0], k_idx.shape[1]), bool)  # (1, Lq, Lk)
 
 
-def _causal(q_idx, k_idx, prefix_len):
-  del prefix_len
+def _causal(q_idx, k_idx, prefix_len, is_prefix):
+  del prefix_len, is_prefix
   return (k_idx <= q_idx)[None]  # (1, Lq, Lk)
 
 
-def _prefix(q_idx, k_idx, prefix_len):
+def _prefix(q_idx, k_idx, prefix_len, is_prefix):
+  del is_prefix
   if prefix_len is None:
     raise ValueError("attention_mask('prefix') needs prefix_len of shape (B,)")
   in_prefix = k_idx[None] < jnp.asarray(prefix_len)[:, None, None]  # (B, 1, Lk)
   return (k_idx <= q_idx)[None] | in_prefix  # (B, Lq, Lk)
 
 
-# kind -> f(q_idx (Lq, 1), k_idx (1, Lk), prefix_len (B,) | None) -> bool (B|1, Lq, Lk).
+def _segment_prefix(q_idx, k_idx, prefix_len, is_prefix):
+  """Causal, plus every key flagged `is_prefix`: with segment ids, each packed segment
+  gets its own bidirectional prefix (prefix LM on packed rows)."""
+  del prefix_len
+  if is_prefix is None:
+    raise ValueError("attention_mask('segment_prefix') needs is_prefix of shape (B, L)")
+  return (k_idx <= q_idx)[None] | jnp.asarray(is_prefix, bool)[:, None, :]  # (B, Lq, Lk)
+
+
+# kind -> f(q_idx (Lq, 1), k_idx (1, Lk), prefix_len (B,) | None, is_prefix (B, Lk) | None)
+# -> bool (B|1, Lq, Lk).
 # Positions are array indices: packed segments restart their positions but keep index order.
 _KINDS: dict[str, Callable] = {
     "bidirectional": _bidirectional,
     "causal": _causal,
     "prefix": _prefix,
+    "segment_prefix": _segment_prefix,
 }
 
 
@@ -49,13 +61,15 @@ def attention_mask(
     batch: int | None = None,
     prefix_len: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
+    is_prefix: jax.Array | None = None,
 ) -> jax.Array:
   """Boolean mask (B, 1, Lq, Lk); True = may attend.
 
   segment_ids (B, L) int with 0 = padding: a query attends only to keys of its own nonzero
   segment, so packed sequences cannot see each other and padding keys are never attended.
   kv_segment_ids (B, Lk) gives the keys' segments when they differ from the queries'
-  (cross-attention). Without segment ids, `length` (and optionally `batch`) give the shape.
+  (cross-attention). is_prefix (B, Lk) bool marks the keys every query of their segment sees
+  ("segment_prefix"). Without segment ids, `length` (and optionally `batch`) give the shape.
   """
   if kind not in _KINDS:
     raise ValueError(f"unknown attention mask kind {kind!r}; valid: {sorted(_KINDS)}")
@@ -68,7 +82,7 @@ def attention_mask(
     raise ValueError("attention_mask needs segment_ids or length")
   q_idx = jnp.arange(lq)[:, None]  # (Lq, 1)
   k_idx = jnp.arange(lk)[None, :]  # (1, Lk)
-  mask = _KINDS[kind](q_idx, k_idx, prefix_len)  # (B|1, Lq, Lk)
+  mask = _KINDS[kind](q_idx, k_idx, prefix_len, is_prefix)  # (B|1, Lq, Lk)
   if segment_ids is not None:
     same = segment_ids[:, :, None] == kv_segment_ids[:, None, :]  # (B, Lq, Lk)
     mask = mask & same & (kv_segment_ids[:, None, :] != 0)

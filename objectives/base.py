@@ -87,6 +87,13 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return logz - picked
 
 
+def token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array):
+  """(mean cross-entropy, accuracy) over the positions with nonzero weight."""
+  correct = (jax.numpy.argmax(logits, -1) == targets).astype(np.float32)
+  return (weighted_mean(cross_entropy(logits, targets), weights),
+          weighted_mean(correct, weights))
+
+
 def register(name: str) -> Callable[[type], type]:
   """Class decorator: registers an instance of the objective under `name`."""
   from pretrain.registry import OBJECTIVES

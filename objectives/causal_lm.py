@@ -34,10 +34,8 @@ class CausalLM(base.Objective):
     mask = attention_mask("causal", segment_ids=segment_ids)
     logits = net.logits(net(tokens, positions=batch["positions"], mask=mask))  # (B, L, V)
     targets, weights = next_token_targets(tokens, segment_ids)
-    loss = base.weighted_mean(base.cross_entropy(logits, targets), weights)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    return loss, {"accuracy": base.weighted_mean(correct, weights),
-                  "perplexity": jnp.exp(loss)}
+    loss, accuracy = base.token_loss(logits, targets, weights)
+    return loss, {"accuracy": accuracy, "perplexity": jnp.exp(loss)}
 
   def units_per_example(self, config, info):
     return info.seq_len

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import grain
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,13 +83,6 @@ class MlmMasking(grain.transforms.RandomMap):
     }
 
 
-def mlm_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array):
-  """(mean cross-entropy over weighted predictions, accuracy)."""
-  ce = base.cross_entropy(logits, targets)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return base.weighted_mean(ce, weights), base.weighted_mean(correct, weights)
-
-
 @base.register("mlm")
 class MaskedLM(base.Objective):
   modality = "text"
@@ -120,7 +112,7 @@ class MaskedLM(base.Objective):
     hidden = net(batch["inputs"], positions=batch["positions"], mask=mask)  # (B, L, D)
     picked = jnp.take_along_axis(hidden, batch["masked_positions"][..., None], axis=1)
     logits = net.logits(picked)  # (B, K, V)
-    loss, accuracy = mlm_loss(logits, batch["masked_ids"], batch["masked_weights"])
+    loss, accuracy = base.token_loss(logits, batch["masked_ids"], batch["masked_weights"])
     return loss, {"mlm_accuracy": accuracy}
 
   def units_per_example(self, config, info):

@@ -258,6 +258,8 @@ PAPER_CONFIGS = (
     "configs/bert.py:small", "configs/bert.py:medium", "configs/gpt.py:small",
     "configs/gpt.py:medium", "configs/gpt.py:large", "configs/gpt.py:xl",
     "configs/mae.py:B/16", "configs/mae.py:L/16", "configs/mae.py:H/14",
+    "configs/t5.py:small", "configs/t5.py:base", "configs/t5.py:large",
+    "configs/prefix_lm.py:xl",
 )
 USAGE = ("usage: python -m pretrain.aot --config=configs/<recipe>.py:<variant> "
          "[--topology=<slice>] [--config.<key>=<value> ...] | --all")

@@ -22,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from pretrain.hf import convert as hf_convert
+
 STATE, DATA = "state", "data"
 
 
@@ -206,13 +208,49 @@ def _unflatten_into(flat: dict[str, Any]) -> dict:
   return nested
 
 
+def _match(source: dict[str, Any], target: dict[str, Any], subtree: str) -> InitReport:
+  """Which target paths (under `subtree`) the source has with the same shape."""
+  prefix = subtree.strip("/")
+  report = InitReport([], [], [], sorted(set(source) - set(target)))
+  for name, leaf in target.items():
+    if prefix and not (name == prefix or name.startswith(prefix + "/")):
+      continue
+    if name not in source:
+      report.missing.append(name)
+    elif tuple(source[name].shape) != tuple(leaf.shape):
+      report.shape_mismatch.append(name)
+    else:
+      report.matched.append(name)
+  return report
+
+
+def _load_hf_params(path: str, subtree: str, target_params: Any) -> tuple[dict, InitReport]:
+  """`load_params` for a Hugging Face directory; its tensors without a counterpart here
+  are reported as unused."""
+  imported = hf_convert.import_hf(path)
+  target = _flat(target_params)
+  report = _match(imported.params, target, subtree)
+  report.unused = sorted(report.unused + imported.unused)
+  loaded = {n: jax.make_array_from_callback(target[n].shape, target[n].sharding,
+                                            lambda idx, a=imported.params[n]: a[idx])
+            for n in report.matched}
+  treedef = jax.tree.structure(target_params)
+  return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
+
+
 def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple[dict, InitReport]:
-  """Loads the params of another run that match `target_params` by path and shape.
+  """Loads the params of another run (or a Hugging Face directory) that match
+  `target_params` by path and shape.
 
   `target_params` is the freshly initialised (sharded) params dict; matched leaves are
   restored straight onto their shardings, everything else keeps its fresh value.
   Only paths under `subtree` (a '/'-separated prefix) are considered.
   """
+  if hf_convert.is_hf_dir(path):
+    if step >= 0:
+      raise ValueError(f"init_from.step={step}: {path!r} is a Hugging Face directory "
+                       "without steps; leave init_from.step at -1")
+    return _load_hf_params(path, subtree, target_params)
   directory = checkpoint_dir(path)
   manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA),
                                   item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
@@ -224,20 +262,8 @@ def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple
                             f"available: {manager.all_steps()}")
   source = _flat(manager.item_metadata(step)[STATE].tree["params"])
   target = _flat(target_params)
-  prefix = subtree.strip("/")
-  report = InitReport([], [], [], [])
-  wanted = {}
-  for name, leaf in target.items():
-    if prefix and not (name == prefix or name.startswith(prefix + "/")):
-      continue
-    if name not in source:
-      report.missing.append(name)
-    elif tuple(source[name].shape) != tuple(leaf.shape):
-      report.shape_mismatch.append(name)
-    else:
-      report.matched.append(name)
-      wanted[name] = leaf
-  report.unused = sorted(set(source) - set(target))
+  report = _match(source, target, subtree)
+  wanted = {name: target[name] for name in report.matched}
   loaded = {}
   if wanted:
     item = {"params": _unflatten_into({k: jax.ShapeDtypeStruct(v.shape, v.dtype,

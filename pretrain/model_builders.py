@@ -6,7 +6,10 @@ Explicit nonzero `num_layers`/`d_model`/`num_heads`/`d_ff` override a named size
 """
 from __future__ import annotations
 
+import dataclasses
+
 from models import variants
+from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -92,6 +95,20 @@ class MaeBuilder:
     return MAE(cfg, rngs=rngs)
 
 
+class EncoderDecoderBuilder(TransformerBuilder):
+  """T5-style encoder-decoder: `EncoderDecoder`; the vocabulary gains `model.extra_ids`
+  ids (span-corruption sentinels) above the tokenizer's."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> EncoderDecoderConfig:
+    info = dataclasses.replace(info, vocab_size=info.vocab_size + model_cfg.extra_ids)
+    return EncoderDecoderConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                                dec_layers=model_cfg.num_decoder_layers)
+
+  def build(self, cfg: EncoderDecoderConfig, rngs):
+    return EncoderDecoder(cfg, rngs=rngs)
+
+
 MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
+MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
 

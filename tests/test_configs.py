@@ -14,7 +14,9 @@ from pretrain import main as main_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("gpt", v) for v in ("tiny", "small", "medium", "large", "xl")]
-            + [("mae", v) for v in ("tiny", "B/16", "L/16", "H/14")])
+            + [("mae", v) for v in ("tiny", "B/16", "L/16", "H/14")]
+            + [("t5", v) for v in ("tiny", "small", "base", "large")]
+            + [("prefix_lm", v) for v in ("tiny", "xl")])
 
 
 def load(recipe: str, variant: str):

@@ -14,7 +14,7 @@ from flax import nnx
 from models.attention import attention_mask
 from models.transformer import TextTransformer, TransformerConfig, transformer_flops_per_token
 from models.vit import MAE, ViTConfig, mae_flops_per_image
-from objectives import causal_lm, mae, mlm
+from objectives import base, causal_lm, mae, mlm
 from objectives.base import DataInfo, ModelDef
 
 MLM = mlm.MaskedLM()
@@ -134,7 +134,7 @@ def _causal_batch(tokens):
 
 @pytest.mark.parametrize("weights", [[1.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
 def test_mlm_loss_matches_numpy_by_hand(weights):
-  """mlm_loss is the weighted mean of log-softmax cross-entropy and of argmax hits; a
+  """token_loss is the weighted mean of log-softmax cross-entropy and of argmax hits; a
   zero-weight (padding) slot counts for nothing however wrong it is."""
   logits = np.array([[[2.0, 0.0, 0.0, 0.0],    # target 0: correct
                       [0.0, 1.0, 0.0, 3.0],    # target 1: wrong (argmax 3)
@@ -143,9 +143,9 @@ def test_mlm_loss_matches_numpy_by_hand(weights):
   ce = np.array([np.log(np.exp(2) + 3) - 2, np.log(2 + np.e + np.exp(3)) - 1, 0.0])
   want_loss = (ce * w[0]).sum() / w.sum()
   want_acc = w[0, 0] / w.sum()
-  loss, acc = mlm.mlm_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w))
+  loss, acc = base.token_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(w))
   np.testing.assert_allclose([loss, acc], [want_loss, want_acc], rtol=1e-6)
-  loss0, acc0 = mlm.mlm_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.zeros((1, 3)))
+  loss0, acc0 = base.token_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.zeros((1, 3)))
   assert float(loss0) == 0.0 and float(acc0) == 0.0
 
 

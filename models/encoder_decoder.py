@@ -1,0 +1,118 @@
+"""Encoder-decoder transformer (T5, Raffel et al. 2020 §3.1.1).
+
+The encoder is `TextTransformer`'s own embedding + `TransformerStack` (bidirectional within
+each packed segment); the decoder blocks add cross-attention to the encoder output between
+causal self-attention and the MLP. One token table embeds both sides and (tied) projects
+the decoder output. Packed segment k of the decoder attends only to segment k of the encoder.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from models.attention import attention_mask, dot_product_attention
+from models.layers import MultiHeadAttention, sinusoidal_positions
+from models.partitioning import constrain
+from models.transformer import (ACT, Block, BlockConfig, TextTransformer, TransformerConfig,
+                                logits_flops_per_token, make_norm, stack_flops_per_token)
+
+HEADS = ("batch", "length", "act_heads", "act_kv")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderConfig(TransformerConfig):
+  """`num_layers` encoder blocks and `dec_layers` decoder blocks of the same width."""
+  dec_layers: int = 0
+
+  def validate(self) -> None:
+    super().validate()
+    if self.dec_layers <= 0:
+      raise ValueError(f"dec_layers={self.dec_layers} must be positive")
+    if self.scan_layers or self.remat != "none":
+      # TransformerStack builds only `Block`s, so the decoder is a plain list for now.
+      raise ValueError("the encoder-decoder does not support scan_layers or remat yet")
+
+
+class CrossAttention(MultiHeadAttention):
+  """Queries from the decoder, keys/values from the encoder (separate q/k/v projections,
+  no rotary: the two sides' positions are not comparable)."""
+
+  def __call__(self, x: jax.Array, context: jax.Array, *, mask: jax.Array) -> jax.Array:
+    q = constrain(self.query(x), HEADS)  # (B, Lq, H, D)
+    k, v = (constrain(t, HEADS) for t in (self.key(context), self.value(context)))  # (B, Lk, H, D)
+    return self.out(constrain(dot_product_attention(q, k, v, mask), HEADS))  # (B, Lq, D)
+
+
+class DecoderBlock(Block):
+  """Block with cross-attention between self-attention and the MLP (same pre/post-LN)."""
+
+  def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    self.cross_norm = make_norm(cfg)
+    self.cross_attn = CrossAttention(cfg.d_model, cfg.num_heads, dtype=cfg.dtype,
+                                     init_std=cfg.init_std, rngs=rngs)
+
+  def __call__(self, x: jax.Array, context: jax.Array, *, mask, cross_mask,
+               positions) -> jax.Array:
+    x = constrain(x, ACT)  # (B, L, D)
+    x = self._residual(x, self.attn_norm,
+                       lambda h: self.attn(h, mask=mask, positions=positions))
+    x = self._residual(x, self.cross_norm,
+                       lambda h: self.cross_attn(h, context, mask=cross_mask))
+    return constrain(self._residual(x, self.mlp_norm, self.mlp), ACT)
+
+  def _residual(self, x, norm, branch):
+    return norm(x + branch(x)) if self.post_norm else x + branch(norm(x))
+
+
+class EncoderDecoder(TextTransformer):
+  """`stack` is the encoder (so `init_from.subtree=stack` can load a BERT-style encoder)."""
+
+  def __init__(self, cfg: EncoderDecoderConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    self.dec_blocks = nnx.List([DecoderBlock(cfg.block, rngs=rngs)
+                                for _ in range(cfg.dec_layers)])
+    self.dec_norm = make_norm(cfg.block) if cfg.norm == "pre" else None
+
+  def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """tokens, positions (B, L) -> (B, L, D) in the compute dtype, absolute positions added."""
+    x = self.embed(tokens)
+    if self.pos_embed is not None:
+      x = x + self.pos_embed(positions)
+    elif self.cfg.pos_emb == "sinusoidal":
+      x = x + sinusoidal_positions(positions, self.cfg.d_model)
+    return constrain(x.astype(self.cfg.dtype), ACT)
+
+  def __call__(self, enc_tokens: jax.Array, dec_tokens: jax.Array, *,
+               enc_segment_ids: jax.Array, dec_segment_ids: jax.Array,
+               enc_positions: jax.Array, dec_positions: jax.Array) -> jax.Array:
+    """enc_* (B, Le), dec_* (B, Ld); segment ids 0 = padding, and the same id on both sides
+    names the same packed example -> decoder hidden (B, Ld, D)."""
+    enc_mask = attention_mask("bidirectional", segment_ids=enc_segment_ids)
+    context = self.stack(self.embed_tokens(enc_tokens, enc_positions), mask=enc_mask,
+                         positions=enc_positions)  # (B, Le, D)
+    self_mask = attention_mask("causal", segment_ids=dec_segment_ids)
+    cross_mask = attention_mask("bidirectional", segment_ids=dec_segment_ids,
+                                kv_segment_ids=enc_segment_ids)  # (B, 1, Ld, Le)
+    x = self.embed_tokens(dec_tokens, dec_positions)
+    for block in self.dec_blocks:
+      x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=dec_positions)
+    return x if self.dec_norm is None else constrain(self.dec_norm(x), ACT)
+
+
+def encoder_decoder_flops(cfg: EncoderDecoderConfig, *, enc_len: int, dec_len: int,
+                          enc_attended: float, dec_attended: float) -> float:
+  """Forward matmul FLOPs of one example with logits at every decoder position.
+
+  Encoder and decoder self-attention + MLP as in `stack_flops_per_token`; cross-attention
+  per decoder layer projects q and the output per decoder token (2 * 2 * D * D), k and v
+  per encoder token (2 * 2 * D * D), and scores + mixing over the `enc_attended` keys
+  (2 * 2 * A * D).
+  """
+  d = cfg.d_model
+  cross = enc_len * 4 * d * d + dec_len * (4 * d * d + 4 * enc_attended * d)
+  return (enc_len * stack_flops_per_token(cfg.block, cfg.num_layers, enc_attended)
+          + dec_len * stack_flops_per_token(cfg.block, cfg.dec_layers, dec_attended)
+          + cfg.dec_layers * cross + dec_len * logits_flops_per_token(cfg))

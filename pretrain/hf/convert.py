@@ -1,0 +1,189 @@
+"""Import and export of Hugging Face `config.json` + `model.safetensors` directories.
+
+  python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
+  python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
+
+Training from an HF directory needs no conversion: `--config.init_from.path=<hf dir>`
+(with the printed `--config.model.*` flags so the shapes match) loads it like a run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from models.transformer import TextTransformer, TransformerConfig
+from objectives.base import DataInfo
+from pretrain import checkpoint
+from pretrain.hf import bert, gpt2
+from pretrain.hf.layout import expand
+from pretrain.model_builders import TransformerBuilder
+
+ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # what our Mlp computes
+
+
+def is_hf_dir(path: str) -> bool:
+  return all(os.path.isfile(os.path.join(path, f)) for f in (CONFIG, WEIGHTS))
+
+
+def by_path(params) -> dict:
+  """A (pure) params tree -> {'/'-joined path: leaf}, as checkpoints name them."""
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def param_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: TextTransformer(cfg, rngs=nnx.Rngs(0)))
+  return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+
+
+@dataclasses.dataclass
+class Imported:
+  """An HF model as ours: its config, params by path, HF tensors with no counterpart, and
+  notes on what was folded or approximated."""
+  config: TransformerConfig
+  params: dict[str, np.ndarray]
+  unused: list[str]
+  notes: list[str]
+
+  @property
+  def overrides(self) -> dict:
+    """Config keys that build this model (`--config.<key>=<value>`)."""
+    fields = {k: getattr(self.config, k) for k in (
+        "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
+        "activation", "tie_embeddings", "head_transform", "ln_eps")}
+    return {"model.variant": "custom", **{f"model.{k}": v for k, v in fields.items()},
+            "data.vocab_size": self.config.vocab_size}
+
+
+def _activation(arch, value: str) -> list[str]:
+  if value in TANH_GELU:
+    return []
+  if value == "gelu":
+    return [f"{arch.activation_key}='gelu' (exact erf) runs as our tanh-approximated GELU"]
+  raise ValueError(f"{arch.activation_key}={value!r} has no counterpart here (tanh GELU only)")
+
+
+def import_hf(directory: str) -> Imported:
+  """Reads an HF BertForMaskedLM / GPT2LMHeadModel directory as our params."""
+  with open(os.path.join(directory, CONFIG)) as f:
+    hf_cfg = json.load(f)
+  arch = ARCHS.get(hf_cfg.get("model_type"))
+  if arch is None:
+    raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
+                     f"{sorted(ARCHS)}")
+  hf_cfg = {**arch.hf_defaults(hf_cfg), **{k: v for k, v in hf_cfg.items() if v is not None}}
+  cfg = TransformerConfig(**{ours: hf_cfg[key] for ours, key in arch.sizes.items()},
+                          **arch.fixed, activation="gelu")
+  notes = _activation(arch, hf_cfg[arch.activation_key])
+  tensors = {n if n.startswith(arch.prefix) or n.split(".")[0] in arch.heads
+             else arch.prefix + n: t for n, t in load_file(os.path.join(directory, WEIGHTS)).items()}
+  shapes, ours = param_shapes(cfg), {}
+  for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
+    if rule.hf not in tensors:
+      raise ValueError(f"{directory}/{WEIGHTS} has no tensor {rule.hf}")
+    ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
+                             [shapes[o] for o in rule.ours]))
+  notes += arch.fold_in(tensors, ours, cfg)
+  return Imported(cfg, ours, sorted(tensors), notes)
+
+
+def _arch_for(cfg: TransformerConfig):
+  """The HF architecture our config is, or a one-line error naming what does not fit."""
+  wrong = {k: getattr(cfg, k) for k, want in (
+      ("pos_emb", "learned"), ("norm_type", "layernorm"), ("activation", "gelu"),
+      ("fused_qkv", False), ("scan_layers", False)) if getattr(cfg, k) != want}
+  arch = {("post", True): bert.ARCH, ("pre", False): gpt2.ARCH}.get(
+      (cfg.norm, cfg.head_transform))
+  if wrong or arch is None:
+    raise ValueError(f"export_hf: no HF BertForMaskedLM/GPT2LMHeadModel layout for "
+                     f"{wrong or dict(norm=cfg.norm, head_transform=cfg.head_transform)}")
+  return arch
+
+
+def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
+  """Writes our params (a pure params tree) as an HF directory; returns notes on what
+  was approximated or dropped."""
+  arch = _arch_for(cfg)
+  ours, tensors = {k: np.asarray(v) for k, v in by_path(params).items()}, {}
+  for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
+    tensors[rule.hf] = rule.to_hf([ours.pop(o) for o in rule.ours])
+  notes = arch.fold_out(ours, tensors, cfg)
+  if ours:
+    raise ValueError(f"export_hf: no {arch.architecture} tensor for {sorted(ours)}")
+  hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
+            **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
+            arch.activation_key: TANH_GELU[0], "dtype": "float32", **arch.extra_config}
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, CONFIG), "w") as f:
+    json.dump(hf_cfg, f, indent=2, sort_keys=True)
+  save_file(tensors, os.path.join(directory, WEIGHTS), metadata={"format": "pt"})
+  return notes
+
+
+def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
+  """A run's params (numpy, on the host) at `step` (-1 = latest) and its model config."""
+  with open(os.path.join(workdir, CONFIG)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.model.name != "transformer":
+    raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers 'transformer'")
+  manager = ocp.CheckpointManager(
+      checkpoint.checkpoint_dir(workdir), item_names=(checkpoint.STATE, checkpoint.DATA),
+      item_handlers={checkpoint.STATE: ocp.PyTreeCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step < 0 else step
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"{workdir}: no checkpoint step {step}; available: "
+                            f"{manager.all_steps()}")
+  item = {"params": manager.item_metadata(step)[checkpoint.STATE].tree["params"]}
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      checkpoint.STATE: ocp.args.PyTreeRestore(
+          item=item, partial_restore=True,
+          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))}))
+  manager.close()
+  params = restored[checkpoint.STATE]["params"]
+  info = DataInfo(vocab_size=params["embed"]["table"].shape[0])
+  return params, TransformerBuilder().model_config(config.model, info)
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(prog="python -m pretrain.hf.convert")
+  commands = parser.add_subparsers(dest="command", required=True)
+  export = commands.add_parser("export", help="a run's checkpoint -> an HF directory")
+  export.add_argument("--workdir", required=True)
+  export.add_argument("--out", required=True)
+  export.add_argument("--step", type=int, default=-1)
+  imp = commands.add_parser("import", help="an HF directory -> the config flags that fit it")
+  imp.add_argument("--hf", required=True)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "export":
+      notes = export_hf(*load_run(args.workdir, args.step), args.out)
+      print(f"wrote {args.out}/{CONFIG} and {WEIGHTS}")
+    else:
+      imported = import_hf(args.hf)
+      print(" ".join(f"--config.{k}={v}" for k, v in imported.overrides.items()),
+            f"--config.init_from.path={args.hf}")
+      notes = imported.notes + [f"unused: {n}" for n in imported.unused]
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for note in notes:
+    print(f"note: {note}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
