@@ -33,9 +33,10 @@ KEY_DOCS: dict[str, str] = {
     "model.max_len": "Largest position the learned position table covers.",
     "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
-    "model.activation": "MLP activation: gelu or swiglu.",
+    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu') or swiglu.",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
+    "model.embed_norm": "Text models: LayerNorm on the embedding sum (tokens + positions) before the first block (BERT's embeddings.LayerNorm). Adds params 'embed_norm'.",
     "model.ln_eps": "LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5, ViT/MAE 1e-6).",
     "model.dtype": "Compute dtype: float32 or bfloat16 (params and optimizer state stay float32).",
     "model.scan_layers": "Run each transformer stack as one scanned block (params get a leading 'layers' axis; compiles once per stack, not per layer). Changes the param tree.",
@@ -101,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none"))
+  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False))
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature=""))

@@ -32,9 +32,13 @@ def get_config(arg: str | None = None):
   c.model.max_len = 512
   c.model.pos_emb = "learned"
   c.model.norm = "post"           # BERT is post-LN
+  # tanh GELU, as google-research/bert's modeling.py `gelu` computes it now. HF's port
+  # (hidden_act="gelu", imported as "gelu_exact") and, per the docstring of transformers'
+  # GELUActivation, that repo's first version use erf; the two differ by under 5e-4.
   c.model.activation = "gelu"
   c.model.tie_embeddings = True
   c.model.head_transform = True   # cls/predictions/transform in the released checkpoints
+  c.model.embed_norm = True       # modeling.py embedding_postprocessor's layer_norm
   c.model.ln_eps = 1e-12
   c.model.dtype = "float32"
   c.data.source = "shakespeare"

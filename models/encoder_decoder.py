@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from models.attention import attention_mask, dot_product_attention
-from models.layers import MultiHeadAttention, sinusoidal_positions
+from models.layers import MultiHeadAttention
 from models.partitioning import constrain
 from models.transformer import (ACT, Block, BlockConfig, TextTransformer, TransformerConfig,
                                 logits_flops_per_token, make_norm, stack_flops_per_token)
@@ -75,15 +75,6 @@ class EncoderDecoder(TextTransformer):
     self.dec_blocks = nnx.List([DecoderBlock(cfg.block, rngs=rngs)
                                 for _ in range(cfg.dec_layers)])
     self.dec_norm = make_norm(cfg.block) if cfg.norm == "pre" else None
-
-  def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-    """tokens, positions (B, L) -> (B, L, D) in the compute dtype, absolute positions added."""
-    x = self.embed(tokens)
-    if self.pos_embed is not None:
-      x = x + self.pos_embed(positions)
-    elif self.cfg.pos_emb == "sinusoidal":
-      x = x + sinusoidal_positions(positions, self.cfg.d_model)
-    return constrain(x.astype(self.cfg.dtype), ACT)
 
   def __call__(self, enc_tokens: jax.Array, dec_tokens: jax.Array, *,
                enc_segment_ids: jax.Array, dec_segment_ids: jax.Array,

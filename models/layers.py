@@ -100,9 +100,18 @@ class RMSNorm(nnx.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
+ACTIVATIONS = ("gelu", "gelu_exact", "swiglu")  # Mlp: tanh GELU, erf GELU, gated SiLU
+
+
+def gelu(x: jax.Array, activation: str) -> jax.Array:
+  """GELU in the form `activation` names: erf for "gelu_exact" (HF's "gelu"), otherwise the
+  tanh approximation (GPT-2's "gelu_new"; also the MLM head transform of a SwiGLU model)."""
+  return jax.nn.gelu(x, approximate=activation != "gelu_exact")
+
+
 class Mlp(nnx.Module):
-  """Position-wise feed-forward: GELU (tanh approximation, GPT-2's `gelu_new` and the
-  original TF BERT's) or SwiGLU (Shazeer 2020)."""
+  """Position-wise feed-forward: GELU (`gelu`: tanh approximation, `gelu_exact`: erf) or
+  SwiGLU (Shazeer 2020)."""
 
   def __init__(self, d_model: int, d_ff: int, activation: str, *, dtype, init_std: float,
                rngs: nnx.Rngs):
@@ -110,10 +119,11 @@ class Mlp(nnx.Module):
     self.wi = dense(d_model, d_ff, ("embed", "mlp"))
     self.gate = dense(d_model, d_ff, ("embed", "mlp")) if activation == "swiglu" else None
     self.wo = dense(d_ff, d_model, ("mlp", "embed"))
+    self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.gate is None:
-      h = jax.nn.gelu(self.wi(x), approximate=True)
+      h = gelu(self.wi(x), self.activation)
     else:
       h = jax.nn.silu(self.gate(x)) * self.wi(x)
     h = constrain(h, ("batch", "length", "act_mlp"))  # (B, L, F)

@@ -1,7 +1,7 @@
 """Transformer stack (shared by text and vision models) and the text transformer.
 
-One `TextTransformer` covers BERT (post-LN, learned positions, MLM head transform) and
-GPT-2 (pre-LN, learned positions, causal mask): the objective picks the mask.
+One `TextTransformer` covers BERT (post-LN, learned positions, embedding norm, MLM head
+transform) and GPT-2 (pre-LN, learned positions, causal mask): the objective picks the mask.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.layers import (NORMS, Dense, Embed, LearnedPositions, Mlp, MultiHeadAttention,
-                           const_param, sinusoidal_positions)
+from models.layers import (ACTIVATIONS, NORMS, Dense, Embed, LearnedPositions, Mlp,
+                           MultiHeadAttention, const_param, gelu, sinusoidal_positions)
 from models.partitioning import constrain
 from models.precision import MATMUL_NAME
 
@@ -42,7 +42,7 @@ class BlockConfig:
   d_ff: int
   norm: str = "pre"  # "pre" (GPT-2, ViT) or "post" (BERT's post-LN)
   norm_type: str = "layernorm"  # or "rmsnorm"
-  activation: str = "gelu"  # or "swiglu"
+  activation: str = "gelu"  # tanh GELU; or "gelu_exact" (erf), "swiglu"
   dtype: str = "float32"  # compute dtype; params stay float32
   ln_eps: float = 1e-5
   init_std: float = 0.02
@@ -55,7 +55,7 @@ class BlockConfig:
     check_choice("norm", self.norm, ("pre", "post"))
     check_choice("remat", self.remat, REMAT)
     check_choice("norm_type", self.norm_type, tuple(NORMS))
-    check_choice("activation", self.activation, ("gelu", "swiglu"))
+    check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("dtype", self.dtype, DTYPES)
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
@@ -151,6 +151,7 @@ class TransformerConfig:
   dtype: str = "float32"
   tie_embeddings: bool = True
   head_transform: bool = False  # BERT MLM head: dense + gelu + LayerNorm before the decoder
+  embed_norm: bool = False  # BERT: LayerNorm on tokens + positions before the stack
   ln_eps: float = 1e-5  # BERT: 1e-12
   init_std: float = 0.02
   fused_qkv: bool = False
@@ -184,6 +185,7 @@ class TextTransformer(nnx.Module):
     self.embed = Embed(cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, rngs=rngs)
     self.pos_embed = (LearnedPositions(cfg.max_len, cfg.d_model, init_std=cfg.init_std,
                                        rngs=rngs) if cfg.pos_emb == "learned" else None)
+    self.embed_norm = make_norm(cfg.block) if cfg.embed_norm else None
     self.stack = TransformerStack(cfg.block, cfg.num_layers, rngs=rngs)
     if cfg.head_transform:
       self.head_dense = Dense(cfg.d_model, cfg.d_model, ("embed", "mlp"), dtype=cfg.dtype,
@@ -199,18 +201,24 @@ class TextTransformer(nnx.Module):
     (restarting per packed segment; default 0..L-1) -> hidden (B, L, D)."""
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self.stack(self.embed_tokens(tokens, positions), mask=mask, positions=positions)
+
+  def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """tokens, positions (B, L) -> (B, L, D) in the compute dtype: token + absolute
+    position embeddings, normalised when `embed_norm`."""
     x = self.embed(tokens)  # (B, L, D) float32
     if self.pos_embed is not None:
       x = x + self.pos_embed(positions)
     elif self.cfg.pos_emb == "sinusoidal":
       x = x + sinusoidal_positions(positions, self.cfg.d_model)
-    x = constrain(x.astype(self.cfg.dtype), ACT)
-    return self.stack(x, mask=mask, positions=positions)
+    if self.embed_norm is not None:
+      x = self.embed_norm(x)
+    return constrain(x.astype(self.cfg.dtype), ACT)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     """hidden (..., D) -> logits (..., vocab) float32."""
     if self.cfg.head_transform:
-      hidden = self.head_norm(jax.nn.gelu(self.head_dense(hidden), approximate=True))
+      hidden = self.head_norm(gelu(self.head_dense(hidden), self.cfg.activation))
     table = self.embed if self.unembed is None else self.unembed
     logits = table.attend(hidden, self.cfg.dtype) + self.logits_bias[...]
     if logits.ndim == 3:

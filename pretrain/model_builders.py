@@ -59,8 +59,8 @@ class TransformerBuilder:
         vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
         pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
-        head_transform=model_cfg.head_transform, ln_eps=model_cfg.ln_eps,
-        **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
+        head_transform=model_cfg.head_transform, embed_norm=model_cfg.embed_norm,
+        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
@@ -73,6 +73,8 @@ class MaeBuilder:
   """ViT MAE encoder + light decoder: `MAE`."""
 
   def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    if model_cfg.embed_norm:
+      raise ValueError("model.embed_norm is for text models; the ViT has no embedding norm")
     size = decode_size(model_cfg)
     patch = tuple(model_cfg.patch_size) if any(model_cfg.patch_size) else size.get("patch_size")
     if not patch:

@@ -223,6 +223,18 @@ def test_abstract_init_and_logical_axes(name, model_fn):
     assert "['unembed']['table'].value" in params
 
 
+def test_embed_norm_adds_only_its_own_params():
+  """`embed_norm` (BERT's embedding LayerNorm) adds two norm params and draws no random
+  numbers, so every other param, and the default tree, stay as they were."""
+  flat = lambda params: {jax.tree_util.keystr(p): np.asarray(v)
+                         for p, v in jax.tree_util.tree_leaves_with_path(params)}
+  base, normed = flat(_text_model()[1]), flat(_text_model(embed_norm=True)[1])
+  added = sorted(set(normed) - set(base))
+  assert added == ["['embed_norm']['bias'].value", "['embed_norm']['scale'].value"], added
+  for name, value in base.items():
+    np.testing.assert_array_equal(normed[name], value, err_msg=name)
+
+
 def test_config_validation_names_the_field():
   with pytest.raises(ValueError, match="num_heads"):
     _build(TextTransformer, TransformerConfig(**{**TINY.__dict__, "num_heads": 5}))

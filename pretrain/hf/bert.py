@@ -1,11 +1,10 @@
-"""BertForMaskedLM <-> our post-LN TextTransformer with the MLM head transform.
+"""BertForMaskedLM <-> our post-LN TextTransformer with the MLM head transform and the
+embedding norm (`bert.embeddings.LayerNorm` is our `embed_norm`).
 
-HF BERT has two pieces ours lacks. Token types: every token of ours is type 0, so
+HF BERT has token types and ours does not: every token of ours is type 0, so
 `token_type_embeddings[0]` is folded into the position table on import (not into the word
-embeddings: those are the tied decoder too) and exported as zeros. The embedding LayerNorm
-(`bert.embeddings.LayerNorm`, applied to word + position + type before layer 0): ours has
-none, so it is left unused on import and written as weight 1, bias 0 on export; outputs
-differ from HF's by that norm until the model gains one (see the notes it returns).
+embeddings: those are the tied decoder too) and exported as zeros. Type 0 is added before
+the embedding norm on both sides, so logits match exactly.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from pretrain.hf.layout import Arch, Rule
 
 P = "bert."
 BLOCK, LAYER = "stack/blocks/{i}/", "bert.encoder.layer.{i}."
-EMBED_NORM = P + "embeddings.LayerNorm."
 TOKEN_TYPES = P + "embeddings.token_type_embeddings.weight"
 DECODER = "cls.predictions.decoder."
 
@@ -24,6 +22,8 @@ def rules(tie: bool) -> list[Rule]:
   table = [
       Rule(P + "embeddings.word_embeddings.weight", ("embed/table",), "matrix"),
       Rule(P + "embeddings.position_embeddings.weight", ("pos_embed/table",), "matrix"),
+      Rule(P + "embeddings.LayerNorm.weight", ("embed_norm/scale",)),
+      Rule(P + "embeddings.LayerNorm.bias", ("embed_norm/bias",)),
       *(Rule(f"{LAYER}attention.self.{n}.weight", (f"{BLOCK}attn/{n}/kernel",), "linear")
         for n in ("query", "key", "value")),
       *(Rule(f"{LAYER}attention.self.{n}.bias", (f"{BLOCK}attn/{n}/bias",))
@@ -53,23 +53,15 @@ def fold_in(hf: dict, ours: dict, cfg) -> list[str]:
   hf.pop(DECODER + "bias", None)
   types = hf.pop(TOKEN_TYPES)
   ours["pos_embed/table"] = ours["pos_embed/table"] + types[0]
-  notes = ["token_type_embeddings[0] folded into the position embeddings"
-           + (f"; the other {len(types) - 1} type(s) dropped (no token types here)"
-              if len(types) > 1 else "")]
-  if EMBED_NORM + "weight" in hf:
-    notes.append("bert.embeddings.LayerNorm has no counterpart (no embedding norm in our "
-                 "post-LN model): left unused, outputs differ from HF's")
-  return notes
+  return ["token_type_embeddings[0] folded into the position embeddings"
+          + (f"; the other {len(types) - 1} type(s) dropped (no token types here)"
+             if len(types) > 1 else "")]
 
 
 def fold_out(ours: dict, hf: dict, cfg) -> list[str]:
   del ours
   hf[TOKEN_TYPES] = np.zeros((2, cfg.d_model), np.float32)
-  hf[EMBED_NORM + "weight"] = np.ones(cfg.d_model, np.float32)
-  hf[EMBED_NORM + "bias"] = np.zeros(cfg.d_model, np.float32)
-  return ["token_type_embeddings written as zeros (ours has no token types)",
-          "bert.embeddings.LayerNorm has no counterpart: written as weight 1, bias 0, but HF "
-          "still normalises the embeddings, so its outputs differ from ours"]
+  return ["token_type_embeddings written as zeros (ours has no token types)"]
 
 
 ARCH = Arch(
@@ -78,7 +70,7 @@ ARCH = Arch(
                num_heads="num_attention_heads", d_ff="intermediate_size",
                max_len="max_position_embeddings", ln_eps="layer_norm_eps",
                tie_embeddings="tie_word_embeddings"),
-    fixed=dict(norm="post", head_transform=True, pos_emb="learned"),
+    fixed=dict(norm="post", head_transform=True, pos_emb="learned", embed_norm=True),
     activation_key="hidden_act",
     hf_defaults=lambda c: dict(layer_norm_eps=1e-12, tie_word_embeddings=True, hidden_act="gelu"),
     extra_config=dict(type_vocab_size=2),

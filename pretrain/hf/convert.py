@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from configs.base import base_config
 from models.transformer import TextTransformer, TransformerConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
@@ -30,7 +31,10 @@ from pretrain.model_builders import TransformerBuilder
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
-TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")  # what our Mlp computes
+# Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
+# import also reads "gelu_pytorch_tanh", the same tanh form.
+TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu"}
+FROM_HF_ACT = {**{hf: ours for ours, hf in TO_HF_ACT.items()}, "gelu_pytorch_tanh": "gelu"}
 
 
 def is_hf_dir(path: str) -> bool:
@@ -52,7 +56,7 @@ def param_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
 @dataclasses.dataclass
 class Imported:
   """An HF model as ours: its config, params by path, HF tensors with no counterpart, and
-  notes on what was folded or approximated."""
+  notes on what was folded or dropped."""
   config: TransformerConfig
   params: dict[str, np.ndarray]
   unused: list[str]
@@ -63,17 +67,9 @@ class Imported:
     """Config keys that build this model (`--config.<key>=<value>`)."""
     fields = {k: getattr(self.config, k) for k in (
         "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
-        "activation", "tie_embeddings", "head_transform", "ln_eps")}
+        "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps")}
     return {"model.variant": "custom", **{f"model.{k}": v for k, v in fields.items()},
             "data.vocab_size": self.config.vocab_size}
-
-
-def _activation(arch, value: str) -> list[str]:
-  if value in TANH_GELU:
-    return []
-  if value == "gelu":
-    return [f"{arch.activation_key}='gelu' (exact erf) runs as our tanh-approximated GELU"]
-  raise ValueError(f"{arch.activation_key}={value!r} has no counterpart here (tanh GELU only)")
 
 
 def import_hf(directory: str) -> Imported:
@@ -85,9 +81,12 @@ def import_hf(directory: str) -> Imported:
     raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
                      f"{sorted(ARCHS)}")
   hf_cfg = {**arch.hf_defaults(hf_cfg), **{k: v for k, v in hf_cfg.items() if v is not None}}
+  activation = hf_cfg[arch.activation_key]
+  if activation not in FROM_HF_ACT:
+    raise ValueError(f"{arch.activation_key}={activation!r} has no counterpart here; "
+                     f"valid: {sorted(FROM_HF_ACT)}")
   cfg = TransformerConfig(**{ours: hf_cfg[key] for ours, key in arch.sizes.items()},
-                          **arch.fixed, activation="gelu")
-  notes = _activation(arch, hf_cfg[arch.activation_key])
+                          **arch.fixed, activation=FROM_HF_ACT[activation])
   tensors = {n if n.startswith(arch.prefix) or n.split(".")[0] in arch.heads
              else arch.prefix + n: t for n, t in load_file(os.path.join(directory, WEIGHTS)).items()}
   shapes, ours = param_shapes(cfg), {}
@@ -96,17 +95,19 @@ def import_hf(directory: str) -> Imported:
       raise ValueError(f"{directory}/{WEIGHTS} has no tensor {rule.hf}")
     ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
                              [shapes[o] for o in rule.ours]))
-  notes += arch.fold_in(tensors, ours, cfg)
+  notes = arch.fold_in(tensors, ours, cfg)
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
 def _arch_for(cfg: TransformerConfig):
   """The HF architecture our config is, or a one-line error naming what does not fit."""
-  wrong = {k: getattr(cfg, k) for k, want in (
-      ("pos_emb", "learned"), ("norm_type", "layernorm"), ("activation", "gelu"),
-      ("fused_qkv", False), ("scan_layers", False)) if getattr(cfg, k) != want}
   arch = {("post", True): bert.ARCH, ("pre", False): gpt2.ARCH}.get(
       (cfg.norm, cfg.head_transform))
+  want = dict(norm_type="layernorm", fused_qkv=False, scan_layers=False,
+              **(arch.fixed if arch else {}))
+  wrong = {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}
+  if cfg.activation not in TO_HF_ACT:
+    wrong["activation"] = cfg.activation
   if wrong or arch is None:
     raise ValueError(f"export_hf: no HF BertForMaskedLM/GPT2LMHeadModel layout for "
                      f"{wrong or dict(norm=cfg.norm, head_transform=cfg.head_transform)}")
@@ -115,7 +116,7 @@ def _arch_for(cfg: TransformerConfig):
 
 def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
-  was approximated or dropped."""
+  was folded or dropped."""
   arch = _arch_for(cfg)
   ours, tensors = {k: np.asarray(v) for k, v in by_path(params).items()}, {}
   for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
@@ -125,7 +126,8 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
     raise ValueError(f"export_hf: no {arch.architecture} tensor for {sorted(ours)}")
   hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
             **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
-            arch.activation_key: TANH_GELU[0], "dtype": "float32", **arch.extra_config}
+            arch.activation_key: TO_HF_ACT[cfg.activation], "dtype": "float32",
+            **arch.extra_config}
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, CONFIG), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
@@ -155,7 +157,9 @@ def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
   manager.close()
   params = restored[checkpoint.STATE]["params"]
   info = DataInfo(vocab_size=params["embed"]["table"].shape[0])
-  return params, TransformerBuilder().model_config(config.model, info)
+  model_cfg = base_config().model  # defaults for keys newer than the run (embed_norm)
+  model_cfg.update(config.model)
+  return params, TransformerBuilder().model_config(model_cfg, info)
 
 
 def main(argv: list[str]) -> int:

@@ -62,7 +62,7 @@ ARCH = Arch(
     sizes=dict(vocab_size="vocab_size", num_layers="n_layer", d_model="n_embd",
                num_heads="n_head", d_ff="n_inner", max_len="n_positions",
                ln_eps="layer_norm_epsilon", tie_embeddings="tie_word_embeddings"),
-    fixed=dict(norm="pre", head_transform=False, pos_emb="learned"),
+    fixed=dict(norm="pre", head_transform=False, pos_emb="learned", embed_norm=False),
     activation_key="activation_function",
     hf_defaults=lambda c: dict(n_inner=4 * c["n_embd"], layer_norm_epsilon=1e-5,
                                tie_word_embeddings=True, activation_function="gelu_new"),

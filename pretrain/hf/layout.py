@@ -59,7 +59,7 @@ class Arch:
   sizes: our TransformerConfig field -> HF config key. fixed: our fields the architecture
   implies. rules(tie) -> the table. fold_in / fold_out handle the pieces with no one-to-one
   counterpart: they pop what they consume from the tensors the rules left, write the other
-  side, and return notes saying what was approximated or dropped.
+  side, and return notes saying what was folded or dropped.
   """
   model_type: str
   architecture: str  # the HF class `config.json` names
