@@ -128,11 +128,9 @@ def bench_one(name: str, dtype: str, *, steps: int, warmup: int, peaks: dict) ->
   setup_s = time.perf_counter() - t0
   objective, t = run.objective, config.train
   with sharding.activation_context(run.mesh, run.rules):
-    init = train.init_state_fn(run)
-    rng = jax.random.key_data(jax.random.key(config.seed))
-    abstract_state = jax.eval_shape(init, rng)
-    shardings = train.state_shardings(run, abstract_state)
-    state = _ready(jax.jit(init, out_shardings=shardings)(rng))
+    _, shardings = train.sharded_abstract_state(run)
+    state = _ready(jax.jit(train.init_state_fn(run), out_shardings=shardings)(
+        train.init_rng(config)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     step_fn = train.make_train_step(run, shardings)
 

@@ -184,11 +184,7 @@ def compile_step(config, label: str = "") -> Report:
       hbm=topo.generation.hbm_gib * GiB, model_flops=flops * config.train.global_batch,
       peak_flops=metrics_lib.PEAK_FLOPS[devices[0].device_kind])
   start = time.perf_counter()
-  abstract_state = jax.eval_shape(train.init_state_fn(run),
-                                  jax.random.key_data(jax.random.key(config.seed)))
-  shardings = train.state_shardings(run, abstract_state)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract_state, shardings)
+  state, shardings = train.sharded_abstract_state(run)
   step = train.make_train_step(run, shardings)
   # Only tracing needs the mesh context (for activation constraints): under it, any eager
   # op would try to run on the compile-only devices.

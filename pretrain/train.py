@@ -133,6 +133,21 @@ def init_state_fn(run: Run):
   return init
 
 
+def init_rng(config) -> jax.Array:
+  """The raw key a fresh state is initialised from (stored in the state as uint32 data)."""
+  return jax.random.key_data(jax.random.key(config.seed))
+
+
+def sharded_abstract_state(run: Run):
+  """(state as ShapeDtypeStructs carrying shardings, the shardings): the restore target,
+  the init's out_shardings and the AOT compiler's input, without allocating anything."""
+  abstract = jax.eval_shape(init_state_fn(run), init_rng(run.config))
+  shardings = state_shardings(run, abstract)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
+  return target, shardings
+
+
 def make_train_step(run: Run, shardings):
   """jit(state, batch) -> (state, metrics): grad accumulation over micro-batches."""
   objective, config, accum = run.objective, run.config, run.config.train.grad_accum
@@ -156,9 +171,9 @@ def make_train_step(run: Run, shardings):
         (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (l, m, g)), None
 
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro), rng)))
-      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      first = jax.tree.map(lambda x: x[0], micro)
+      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng)
+      zeros = jax.tree.map(jnp.zeros_like, (*loss_and_aux, state["params"]))
       total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
       loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
     updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
@@ -237,13 +252,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                  timeout_s=t.checkpoint_timeout_s)
   try:
     with sharding.activation_context(run.mesh, run.rules), _sigterm_flag() as preempted:
-      init = init_state_fn(run)
-      rng = jax.random.key_data(jax.random.key(config.seed))
-      abstract_state = jax.eval_shape(init, rng)
-      shardings = state_shardings(run, abstract_state)
+      target, shardings = sharded_abstract_state(run)
       data_iter = make_iterator(run, run.train_source, shuffle=True)
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract_state, shardings)
       resumed = ckpt.restore_latest(target)
       if resumed is not None:
         step, state, data_state = resumed
@@ -252,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       else:
         if is_main:
           _write_config(workdir, config)
-        state = jax.jit(init, out_shardings=shardings)(rng)
+        state = jax.jit(init_state_fn(run), out_shardings=shardings)(init_rng(config))
         if config.init_from.path:
           params, report = checkpoint.load_params(config.init_from.path, config.init_from.step,
                                                   config.init_from.subtree, state["params"])
