@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from models.attention import attention_mask, dot_product_attention
-from models.layers import MultiHeadAttention
+from models.layers import Dense, MultiHeadAttention
 from models.partitioning import constrain
 from models.transformer import (ACT, Block, BlockConfig, TextTransformer, TransformerConfig,
                                 logits_flops_per_token, make_norm, stack_flops_per_token)
@@ -81,9 +82,22 @@ class EncoderDecoder(TextTransformer):
                enc_positions: jax.Array, dec_positions: jax.Array) -> jax.Array:
     """enc_* (B, Le), dec_* (B, Ld); segment ids 0 = padding, and the same id on both sides
     names the same packed example -> decoder hidden (B, Ld, D)."""
+    context = self.encode(enc_tokens, enc_segment_ids=enc_segment_ids,
+                          enc_positions=enc_positions)
+    return self.decode(context, dec_tokens, enc_segment_ids=enc_segment_ids,
+                       dec_segment_ids=dec_segment_ids, dec_positions=dec_positions)
+
+  def encode(self, enc_tokens: jax.Array, *, enc_segment_ids: jax.Array,
+             enc_positions: jax.Array) -> jax.Array:
+    """Encoder hidden (B, Le, D); separate so objectives can also read it (CodeT5's
+    identifier tagging)."""
     enc_mask = attention_mask("bidirectional", segment_ids=enc_segment_ids)
-    context = self.stack(self.embed_tokens(enc_tokens, enc_positions), mask=enc_mask,
-                         positions=enc_positions)  # (B, Le, D)
+    return self.stack(self.embed_tokens(enc_tokens, enc_positions), mask=enc_mask,
+                      positions=enc_positions)
+
+  def decode(self, context: jax.Array, dec_tokens: jax.Array, *, enc_segment_ids: jax.Array,
+             dec_segment_ids: jax.Array, dec_positions: jax.Array) -> jax.Array:
+    """Decoder hidden (B, Ld, D) attending to the encoder output `context` (B, Le, D)."""
     self_mask = attention_mask("causal", segment_ids=dec_segment_ids)
     cross_mask = attention_mask("bidirectional", segment_ids=dec_segment_ids,
                                 kv_segment_ids=enc_segment_ids)  # (B, 1, Ld, Le)
@@ -107,3 +121,17 @@ def encoder_decoder_flops(cfg: EncoderDecoderConfig, *, enc_len: int, dec_len: i
   return (enc_len * stack_flops_per_token(cfg.block, cfg.num_layers, enc_attended)
           + dec_len * stack_flops_per_token(cfg.block, cfg.dec_layers, dec_attended)
           + cfg.dec_layers * cross + dec_len * logits_flops_per_token(cfg))
+
+
+class TaggingEncoderDecoder(EncoderDecoder):
+  """`EncoderDecoder` plus a per-token binary head on the encoder output (CodeT5's
+  identifier tagging, Wang et al. 2021 §3.1: d_model + 1 params)."""
+
+  def __init__(self, cfg: EncoderDecoderConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    self.tag_head = Dense(cfg.d_model, 1, ("embed", None), dtype=cfg.dtype,
+                          init_std=cfg.init_std, rngs=rngs, out_dtype=jnp.float32)
+
+  def tag_logits(self, context: jax.Array) -> jax.Array:
+    """Encoder hidden (B, Le, D) -> tagging logits (B, Le) float32."""
+    return self.tag_head(context)[..., 0]

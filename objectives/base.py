@@ -55,6 +55,13 @@ class Objective:
     """A grain RandomMap (or None) applied to each clean example on the host."""
     return None
 
+  def text_examples(self, config: ml_collections.ConfigDict):
+    """None (plain packed rows), or how to build this objective's text examples instead:
+    an object with `key` (JSON-able; joins the data cache key) and `build(documents,
+    tokenizer, data_cfg) -> dict of (N, ...) arrays` (e.g. packed rows with extra per-token
+    labels, or one example per function)."""
+    return None
+
   def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array, *,
               model: ModelDef, config: ml_collections.ConfigDict):
     raise NotImplementedError

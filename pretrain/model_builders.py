@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
-from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -110,7 +110,15 @@ class EncoderDecoderBuilder(TransformerBuilder):
     return EncoderDecoder(cfg, rngs=rngs)
 
 
+class TaggingEncoderDecoderBuilder(EncoderDecoderBuilder):
+  """`encoder_decoder` plus a per-token binary head on the encoder (CodeT5)."""
+
+  def build(self, cfg: EncoderDecoderConfig, rngs):
+    return TaggingEncoderDecoder(cfg, rngs=rngs)
+
+
 MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
 MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
+MODELS.register("encoder_decoder_tagger")(TaggingEncoderDecoderBuilder())
 

@@ -62,8 +62,9 @@ def build_data(config, objective: Objective):
   """(train source, eval source, DataInfo) for the objective's modality."""
   if objective.modality == "text":
     kind = config.data.get("tokenizer") or objective.tokenizer
-    train_source, tok = pipeline.build_text_dataset(config.data, "train", kind)
-    eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind)
+    examples = objective.text_examples(config)
+    train_source, tok = pipeline.build_text_dataset(config.data, "train", kind, examples)
+    eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind, examples)
     info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                     mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids))
   else:

@@ -14,7 +14,8 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 
 
 def pack_documents(token_docs: list[np.ndarray], word_starts: list[np.ndarray], seq_len: int,
-                   eos_id: int) -> dict[str, np.ndarray]:
+                   eos_id: int, extras: dict[str, list[np.ndarray]] | None = None
+                   ) -> dict[str, np.ndarray]:
   """Packs documents into (N, seq_len) rows, N = total tokens // seq_len (remainder dropped).
 
   Each document is followed by `eos_id` (a word start of its own). In each row,
@@ -22,6 +23,10 @@ def pack_documents(token_docs: list[np.ndarray], word_starts: list[np.ndarray], 
   `positions` restart at 0 at each document start and at the start of the row.
   `word_start` is also set at each row start, so a word cut by a row boundary is still a
   whole word (for whole-word masking) inside each row.
+
+  `extras` maps a name to one int array per document (a per-token label, e.g. identifier
+  ids for code objectives); each is packed like the tokens, with 0 at every eos, and
+  returned under its name.
   """
   lengths = np.array([len(d) for d in token_docs], np.int64)
   ends = np.cumsum(lengths)  # Where each eos goes, in the coordinates of the joined docs.
@@ -35,9 +40,12 @@ def pack_documents(token_docs: list[np.ndarray], word_starts: list[np.ndarray], 
   piece_start = np.maximum(doc_start[doc_of], index - index % seq_len)
   is_start = (index == piece_start).reshape(rows, seq_len)
   positions = (index - piece_start).astype(np.int32).reshape(rows, seq_len)
-  return {
+  packed = {
       "tokens": tokens[:total].reshape(rows, seq_len),
       "segment_ids": np.cumsum(is_start, axis=1, dtype=np.int32),
       "positions": positions,
       "word_start": word_start[:total].reshape(rows, seq_len) | is_start,
   }
+  for name, docs in (extras or {}).items():
+    packed[name] = np.insert(_concat(docs, np.int32), ends, 0)[:total].reshape(rows, seq_len)
+  return packed

@@ -83,7 +83,7 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
-def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
+def build_text_dataset(data_cfg, split: str, tokenizer_kind: str, examples=None
                        ) -> tuple[PackedTextSource, Tokenizer]:
   """Packed rows of one split, and the tokenizer (trained on the train split) that made them.
 
@@ -91,6 +91,10 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
   and file sources; tfds split names as they are for tfds. Both the tokenizer and the packed
   arrays are cached under `data_cfg.cache_dir`; the packed cache key hashes the corpus
   identity, split, tokenizer file content and seq_len.
+
+  `examples` (an objective's `text_examples`, see objectives/base.py) replaces packing:
+  `examples.build(documents, tokenizer, data_cfg)` makes the rows, and `examples.key` joins
+  the cache key.
   """
   _check_source(data_cfg.source, TEXT_SOURCES, "text")
   corpus = _corpus_id(data_cfg)
@@ -100,23 +104,29 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
   train_docs = [] if os.path.exists(tok_path) else _text_documents(data_cfg, "train")
   tokenizer = train_or_load_tokenizer(tokenizer_kind, data_cfg.vocab_size, corpus_name,
                                       train_docs, root)
-  key = _hash({"corpus": corpus, "split": split, "tokenizer": file_hash(tok_path),
+  key_parts = {"corpus": corpus, "split": split, "tokenizer": file_hash(tok_path),
                "seq_len": data_cfg.seq_len, "heldout": HELDOUT_FRACTION,
-               "format": PACKED_FORMAT})
+               "format": PACKED_FORMAT}
+  if examples is not None:
+    key_parts["examples"] = examples.key
+  key = _hash(key_parts)
   path = os.path.join(root, "packed", f"{corpus_name}-{split}-{key[:16]}.npz")
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
   else:
     docs = train_docs if split == "train" and train_docs else _text_documents(data_cfg, split)
-    encoded = tokenizer.encode_batch(docs)
-    arrays = pack_documents([ids for ids, _ in encoded], [ws for _, ws in encoded],
-                            data_cfg.seq_len, tokenizer.eos_id)
+    if examples is not None:
+      arrays = examples.build(docs, tokenizer, data_cfg)
+    else:
+      encoded = tokenizer.encode_batch(docs)
+      arrays = pack_documents([ids for ids, _ in encoded], [ws for _, ws in encoded],
+                              data_cfg.seq_len, tokenizer.eos_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _save_npz(path, arrays)
   if len(arrays["tokens"]) == 0:
     raise ValueError(f"{data_cfg.source} split {split!r} has fewer than seq_len="
-                     f"{data_cfg.seq_len} tokens")
+                     f"{data_cfg.seq_len} tokens" + (" or no usable examples" if examples else ""))
   return PackedTextSource(arrays), tokenizer
 
 
