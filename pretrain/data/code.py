@@ -111,12 +111,13 @@ def function_sources(module_text: str) -> list[str]:
   lines = module_text.split("\n")
   found, todo = [], list(tree.body)
   while todo:
-    node = todo.pop(0)
+    node = todo.pop()
     if isinstance(node, _FUNCTIONS):
-      found.append(textwrap.dedent("\n".join(lines[node.lineno - 1:node.end_lineno])))
+      found.append(node)
     elif isinstance(node, ast.ClassDef):
       todo.extend(node.body)
-  return found
+  return [textwrap.dedent("\n".join(lines[f.lineno - 1:f.end_lineno]))
+          for f in sorted(found, key=lambda f: f.lineno)]
 
 
 @dataclasses.dataclass(frozen=True)
