@@ -59,7 +59,8 @@ class Objective:
     """None (plain packed rows), or how to build this objective's text examples instead:
     an object with `key` (JSON-able; joins the data cache key) and `build(documents,
     tokenizer, data_cfg) -> dict of (N, ...) arrays` (e.g. packed rows with extra per-token
-    labels, or one example per function)."""
+    labels, or one example per function) and `example(info)`, one synthetic row of the same
+    keys and shapes (what `pretrain.aot` compiles for without reading a corpus)."""
     return None
 
   def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array, *,

@@ -46,6 +46,13 @@ class PackedIdentifiers:
                           data_cfg.seq_len, tokenizer.eos_id,
                           extras={"identifier_id": [a.identifier_id for a in annotated]})
 
+  def example(self, info) -> dict[str, np.ndarray]:
+    """A synthetic clean example of the built rows' keys, shapes and dtypes (for AOT)."""
+    ids = np.arange(info.seq_len, dtype=np.int32) % info.vocab_size
+    rows = pack_documents([ids], [np.ones(info.seq_len, bool)], info.seq_len, eos_id=0,
+                          extras={"identifier_id": [ids % 3]})
+    return {k: v[0] for k, v in rows.items()}
+
 
 def _runs(identifier_id: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
   """True at the first token of each identifier occurrence (a run of one nonzero id)."""

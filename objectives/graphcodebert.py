@@ -101,6 +101,13 @@ class FunctionGraphs:
       return {"tokens": np.zeros((0, data_cfg.seq_len), np.int32)}
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
+  def example(self, info) -> dict[str, np.ndarray]:
+    """A synthetic (node-free) example of the built rows' shapes and dtypes (for AOT)."""
+    return {"tokens": np.arange(info.seq_len, dtype=np.int32) % info.vocab_size,
+            "node_span": np.zeros((self.max_nodes, 2), np.int32),
+            "edges": np.zeros((self.max_edges, 2), np.int32),
+            "num_nodes": np.int32(0), "num_edges": np.int32(0)}
+
 
 def _sample(count: int, rate: float, rng: np.random.Generator) -> np.ndarray:
   """Bool (count,): round(rate * count) entries chosen uniformly."""

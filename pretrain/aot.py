@@ -121,7 +121,10 @@ def abstract_batch(run: train.Run) -> dict[str, jax.ShapeDtypeStruct]:
   """The global batch the data pipeline would feed: one synthetic clean example through
   the objective's own host transform gives every key, shape and dtype."""
   info = run.info
-  if run.objective.modality == "text":
+  examples = run.objective.text_examples(run.config)
+  if examples is not None:
+    example = examples.example(info)
+  elif run.objective.modality == "text":
     ids = np.arange(info.seq_len, dtype=np.int32) % info.vocab_size
     rows = pack_documents([ids], [np.ones(info.seq_len, bool)], info.seq_len, eos_id=0)
     example = {k: v[0] for k, v in rows.items()}
