@@ -136,13 +136,11 @@ def binary_loss(logits, labels, weights):
 
 
 @base.register("codet5")
-class CodeT5(base.Objective):
-  modality = "text"
-  unit = "tokens"
-  tokenizer = "bpe"
+class CodeT5(SpanCorruptionLM):
+  """Span corruption's settings and checks, plus the identifier tasks."""
 
   def validate(self, config):
-    SpanCorruptionLM().validate(config)  # noise_density, mean_span_length, extra_ids
+    super().validate(config)  # noise_density, mean_span_length, extra_ids
     o = config.objective
     probs = tuple(o.task_probs)
     if len(probs) != len(TASKS) or min(probs) < 0 or sum(probs) <= 0:
@@ -181,9 +179,6 @@ class CodeT5(base.Objective):
                                           batch["tag_weights"])
     return seq_loss + tag_loss, {"accuracy": accuracy, "seq_loss": seq_loss,
                                  "tag_loss": tag_loss, "tag_accuracy": tag_accuracy}
-
-  def units_per_example(self, config, info):
-    return info.seq_len
 
   def forward_flops_per_example(self, config, info, model_cfg):
     dec_len = config.objective.target_len

@@ -19,8 +19,9 @@ Losses (§3.3), summed: masked language modelling on the code tokens (BERT maski
 from mlm.py); edge prediction: `node_sample_rate` of the nodes are sampled, every edge
 touching them is hidden from the attention mask, and for pairs with a sampled end the
 model predicts edge / no edge from the dot product of the two node states (BCE, as many
-non-edges as edges; the dot product is scaled by 1/sqrt(d_model), see `pair_logits`); node alignment: another sample of nodes loses its node-token
-attention, and the model predicts which code tokens each came from the same way.
+non-edges as edges; unlike the paper the dot product is scaled by 1/sqrt(d_model), see
+`pair_logits`); node alignment: another sample of nodes loses its node-token attention,
+and the model predicts which code tokens each came from the same way.
 """
 from __future__ import annotations
 
@@ -34,20 +35,9 @@ from models.transformer import logits_flops_per_token, transformer_flops_per_tok
 from objectives import base
 from objectives.codet5 import binary_loss
 from objectives.mlm import MlmMasking, num_predictions
-from pretrain.data.code import _token_anchors, char_owner, data_flow, function_sources
+from pretrain.data.code import data_flow, function_sources, span_token_ranges
 
 PAD, CODE, SPECIAL, NODE = 0, 1, 2, 3  # `kind` of each example position
-
-
-def _align_nodes(text: str, offsets: np.ndarray, spans) -> np.ndarray:
-  """(num_nodes, 2) [first, last + 1) subword-token range of each node (empty if none)."""
-  owner = char_owner(len(text), spans)[_token_anchors(text, offsets)]
-  ranges = np.zeros((len(spans), 2), np.int64)
-  for node in range(len(spans)):
-    hits = np.flatnonzero(owner == node)
-    if len(hits):
-      ranges[node] = hits[0], hits[-1] + 1
-  return ranges
 
 
 def function_example(text: str, encoding, *, cls_id: int, sep_id: int, seq_len: int,
@@ -62,7 +52,8 @@ def function_example(text: str, encoding, *, cls_id: int, sep_id: int, seq_len: 
   except SyntaxError:
     return None
   ids = np.asarray(encoding.ids, np.int32)[:seq_len - 2]
-  ranges = _align_nodes(text, np.asarray(encoding.offsets).reshape(-1, 2), flow.spans) + 1
+  offsets = np.asarray(encoding.offsets).reshape(-1, 2)
+  ranges = span_token_ranges(text, offsets, flow.spans) + 1  # + 1: after [CLS]
   keep = np.flatnonzero((ranges[:, 1] > ranges[:, 0]) & (ranges[:, 1] <= len(ids) + 1))
   keep = keep[:max_nodes]
   if not len(keep):

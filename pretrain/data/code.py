@@ -43,7 +43,7 @@ def identifier_spans(text: str) -> list[tuple[int, int, str]]:
   return spans
 
 
-def _token_anchors(text: str, offsets: np.ndarray) -> np.ndarray:
+def token_anchors(text: str, offsets: np.ndarray) -> np.ndarray:
   """Per subword token, the offset of its first non-space character (-1 for all-space)."""
   anchors = np.full(len(offsets), -1, np.int64)
   for i, (begin, end) in enumerate(offsets):
@@ -59,6 +59,18 @@ def char_owner(text_len: int, spans) -> np.ndarray:
   for i, (begin, end, *_) in enumerate(spans):
     owner[begin:end] = i
   return owner
+
+
+def span_token_ranges(text: str, offsets: np.ndarray, spans) -> np.ndarray:
+  """(len(spans), 2) [first, last + 1) range of the subword tokens anchored in each span
+  ([0, 0) if none)."""
+  owner = char_owner(len(text), spans)[token_anchors(text, offsets)]
+  ranges = np.zeros((len(spans), 2), np.int64)
+  for i in range(len(spans)):
+    hits = np.flatnonzero(owner == i)
+    if len(hits):
+      ranges[i] = hits[0], hits[-1] + 1
+  return ranges
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +95,7 @@ def annotate(text: str, encoding) -> AnnotatedCode:
   spans = identifier_spans(text)
   names: dict[str, int] = {}
   span_name = np.array([names.setdefault(n, len(names) + 1) for _, _, n in spans] + [0])
-  anchors = _token_anchors(text, offsets)
+  anchors = token_anchors(text, offsets)
   owner = char_owner(len(text), spans)[anchors]  # anchors == -1 reads the final -1 entry
   identifier_id = np.where((anchors >= 0) & (owner >= 0), span_name[owner], 0)
   return AnnotatedCode(ids, word_start, offsets, identifier_id.astype(np.int32))
