@@ -19,7 +19,7 @@ import tokenize
 
 import numpy as np
 
-from pretrain.data.tokenizer import Tokenizer, _ids_and_word_starts
+from pretrain.data.tokenizer import _IS_SPACE, Tokenizer, _ids_and_word_starts
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
@@ -45,12 +45,13 @@ def identifier_spans(text: str) -> list[tuple[int, int, str]]:
 
 def token_anchors(text: str, offsets: np.ndarray) -> np.ndarray:
   """Per subword token, the offset of its first non-space character (-1 for all-space)."""
-  anchors = np.full(len(offsets), -1, np.int64)
-  for i, (begin, end) in enumerate(offsets):
-    stripped = text[begin:end].lstrip()
-    if stripped:
-      anchors[i] = end - len(stripped)
-  return anchors
+  chars = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+  space = _IS_SPACE[np.minimum(chars, len(_IS_SPACE) - 1)]
+  # next_nonspace[i]: the first non-space character at or after i (len(text) if none).
+  candidates = np.where(space, len(chars), np.arange(len(chars)))
+  next_nonspace = np.append(np.minimum.accumulate(candidates[::-1])[::-1], len(chars))
+  first = next_nonspace[np.minimum(offsets[:, 0], len(chars))]
+  return np.where(first < offsets[:, 1], first, -1)
 
 
 def char_owner(text_len: int, spans) -> np.ndarray:
