@@ -139,14 +139,13 @@ class GraphMasking(grain.transforms.RandomMap):
     # Edge prediction: hide every edge touching a sampled node; score edge vs non-edge.
     sampled = _sample(n, self.rate, rng)
     edges = example["edges"][:num_edges]
-    hidden = sampled[edges].any(-1) if num_edges else np.zeros(0, bool)
-    i, j = np.triu_indices(n, 1)
+    hidden = sampled[edges].any(-1)
+    i, j = np.triu_indices(n, 1)  # edges are stored as (i, j), i < j
     candidate = sampled[i] | sampled[j]
     is_edge = np.zeros((n, n), bool)
     is_edge[edges[:, 0], edges[:, 1]] = True
-    pairs = np.stack([i, j], -1)[candidate]
-    edge_pairs = _balanced(pairs[is_edge[i, j][candidate]], pairs[~is_edge[i, j][candidate]],
-                           self.max_nodes, rng)
+    pairs, linked = np.stack([i, j], -1)[candidate], is_edge[i, j][candidate]
+    edge_pairs = _balanced(pairs[linked], pairs[~linked], self.max_nodes, rng)
     # Node alignment: sampled nodes lose their node-token attention; score token vs not.
     unaligned = _sample(n, self.rate, rng)
     code = np.flatnonzero(real)[1:-1]  # code token positions ([CLS]/[SEP] excluded)
