@@ -77,7 +77,7 @@ class FunctionGraphs:
 
   def __init__(self, *, max_nodes: int, max_edges: int):
     self.max_nodes, self.max_edges = max_nodes, max_edges
-    self.key = {"function_graphs": "python-ast-v1", "max_nodes": max_nodes,
+    self.key = {"function_graphs": "python-ast-v2", "max_nodes": max_nodes,
                 "max_edges": max_edges}
 
   def build(self, docs, tokenizer, data_cfg) -> dict[str, np.ndarray]:

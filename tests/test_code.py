@@ -87,6 +87,9 @@ def test_data_flow_augassign_comprehension_and_function_extraction():
   # x += 1 comes from the arg; the iterable from x+=; the target from the iterable; the
   # element from the comprehension's own target.
   assert flow.edges == [(1, 0), (2, 3), (3, 4), (4, 1)]
+  flow = data_flow("def u(x):\n    s = 'é→'; y = x\n")  # ast columns are UTF-8 bytes
+  assert [n for _, _, n in flow.spans] == ["x", "s", "y", "x"]
+  assert all("def u(x):\n    s = 'é→'; y = x\n"[b:e] == n for b, e, n in flow.spans)
   module = "import os\n\nclass A:\n    def m(self):\n        return 1\n\ndef h():\n    pass\n"
   assert function_sources(module) == ["def m(self):\n    return 1", "def h():\n    pass"]
 

@@ -155,13 +155,16 @@ class _DataFlowBuilder:
   own bindings do not leak out.
   """
 
-  def __init__(self, line_starts: np.ndarray):
-    self.line_starts = line_starts
+  def __init__(self, text: str):
+    self.lines, self.line_starts = text.split("\n"), _line_starts(text)
     self.spans: list[tuple[int, int, str]] = []
     self.edges: set[tuple[int, int]] = set()
     self.last: dict[str, int] = {}
 
   def _node(self, name: str, lineno: int, col: int) -> int:
+    line = self.lines[lineno - 1]
+    if not line.isascii():  # ast columns count UTF-8 bytes, spans count characters
+      col = len(line.encode("utf-8")[:col].decode("utf-8"))
     begin = int(self.line_starts[lineno - 1]) + col
     self.spans.append((begin, begin + len(name), name))
     return len(self.spans) - 1
@@ -276,7 +279,7 @@ class _DataFlowBuilder:
 def data_flow(function_text: str) -> DataFlow:
   """The data-flow graph of one function's source (nodes sorted by position)."""
   tree = ast.parse(function_text)
-  builder = _DataFlowBuilder(_line_starts(function_text))
+  builder = _DataFlowBuilder(function_text)
   for node in tree.body:
     if isinstance(node, _FUNCTIONS):
       builder._arguments(node.args)
