@@ -89,6 +89,14 @@ KEY_DOCS: dict[str, str] = {
     "mesh.fsdp": "Fully-sharded data-parallel axis size: params sharded, batch split.",
     "mesh.tensor": "Tensor-parallel axis size: heads / MLP / vocab split.",
     "sharding_rules": "Logical axis -> mesh axes, as (name, axes) pairs; see pretrain/sharding.py.",
+    # evaluators (pretrain/evaluation; `python -m pretrain.evaluate` runs them on demand)
+    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn.",
+    "evaluate.every": "Steps between evaluator runs (0 = only after the last step).",
+    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
+    "evaluate.train_examples": "Labelled examples the probe / kNN memory is fit on (class-balanced, fixed sample).",
+    "evaluate.test_examples": "Held-out labelled examples the probe / kNN is scored on.",
+    "evaluate.knn_k": "Neighbours voting in the kNN evaluator (votes weighted by exp(cosine / 0.07)).",
+    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe.",
     # continued pretraining
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
@@ -116,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))
+  c.evaluate = ml_collections.ConfigDict(
+      dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
+           probe_steps=300))
   return c
 
 

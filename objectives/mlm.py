@@ -88,6 +88,7 @@ class MaskedLM(base.Objective):
   modality = "text"
   unit = "tokens"
   tokenizer = "wordpiece"
+  feature_mask = "bidirectional"
 
   def validate(self, config):
     o = config.objective

