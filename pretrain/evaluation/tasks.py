@@ -2,7 +2,7 @@
 
 Each task is a fixed, class-balanced sample (seed 0, independent of the run's seed) so two
 runs, or a pretrained and a random-init model, are scored on exactly the same examples.
-Train/test membership is decided by a content hash, as for the pretraining splits.
+Train/test membership is decided by a (task-salted) content hash.
 
 - fashion_mnist: the 10 clothing classes; train from Fashion-MNIST's train split, test from
   its test split.
@@ -47,7 +47,9 @@ def _balanced(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> n
 def _split_text(name: str, classes, texts: list[str], labels: list[int],
                 train_examples: int, test_examples: int) -> LabelledTask:
   labels = np.asarray(labels, np.int32)
-  test = corpora.heldout_mask(texts, TEST_FRACTION)
+  # Salted with the task name: independent of the pretraining corpora's own held-out split
+  # (the same unsalted hash), so a corpus made of task passages still has a validation part.
+  test = corpora.heldout_mask([f"{name}\n{t}" for t in texts], TEST_FRACTION)
   rng = np.random.default_rng(0)
   parts = []
   for mask, total in ((~test, train_examples), (test, test_examples)):
