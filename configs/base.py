@@ -59,6 +59,7 @@ KEY_DOCS: dict[str, str] = {
     "data.tokenizer": "Tokenizer trained on the corpus and cached: wordpiece (BERT) or bpe (GPT-2 byte-level).",
     "data.vocab_size": "Tokenizer vocabulary size.",
     "data.seq_len": "Tokens per packed sequence.",
+    "data.packing": "How documents become rows: concat (join with end-of-document ids, cut every seq_len; no padding), first_fit_decreasing or best_fit (whole documents per row, longer ones cut into seq_len pieces, rest padded; Prepacking-style bin packing).",
     "data.cache_dir": "Where tokenizers, packed arrays and downloaded corpora are cached ('' = $PRETRAIN_CACHE or ~/.cache/pretrain).",
     "data.num_threads": "grain read threads per process.",
     "data.prefetch": "grain prefetch buffer (batches).",
@@ -106,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature=""))
+  c.data.packing = "concat"
   c.train = ml_collections.ConfigDict(
       dict(steps=1000, global_batch=32, grad_accum=1, log_every=10, eval_every=0,
            eval_steps=4, checkpoint_every=500, keep_checkpoints=3,

@@ -19,7 +19,7 @@ import numpy as np
 
 from pretrain.data.corpora import (fashion_mnist, heldout_mask, python_stdlib_documents,
                                    shakespeare_documents, split_documents)
-from pretrain.data.packing import pack_documents
+from pretrain.data.packing import PACKINGS, pack
 from pretrain.data.sources import (ImageSource, PackedTextSource, TfdsImageSource, image_folder,
                                    text_file_documents, tfds_documents, tfds_source)
 from pretrain.data.tokenizer import (Tokenizer, file_hash, tokenizer_path,
@@ -90,9 +90,12 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
   Splits: "train"/"validation" (a held-out 2% of documents by content hash) for the built-in
   and file sources; tfds split names as they are for tfds. Both the tokenizer and the packed
   arrays are cached under `data_cfg.cache_dir`; the packed cache key hashes the corpus
-  identity, split, tokenizer file content and seq_len.
+  identity, split, tokenizer file content, seq_len and `data.packing` (`PACKINGS`).
   """
   _check_source(data_cfg.source, TEXT_SOURCES, "text")
+  packing = data_cfg.get("packing") or "concat"
+  if packing not in PACKINGS:
+    raise ValueError(f"data.packing={packing!r}; valid: {', '.join(PACKINGS)}")
   corpus = _corpus_id(data_cfg)
   corpus_name = f"{data_cfg.source}-{_hash(corpus)[:12]}"
   root = cache_dir(data_cfg)
@@ -102,7 +105,9 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
                                       train_docs, root)
   key = _hash({"corpus": corpus, "split": split, "tokenizer": file_hash(tok_path),
                "seq_len": data_cfg.seq_len, "heldout": HELDOUT_FRACTION,
-               "format": PACKED_FORMAT})
+               "format": PACKED_FORMAT,
+               # concat keeps the key it had before data.packing existed (valid caches stay).
+               **({"packing": packing} if packing != "concat" else {})})
   path = os.path.join(root, "packed", f"{corpus_name}-{split}-{key[:16]}.npz")
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as npz:
@@ -110,8 +115,8 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str
   else:
     docs = train_docs if split == "train" and train_docs else _text_documents(data_cfg, split)
     encoded = tokenizer.encode_batch(docs)
-    arrays = pack_documents([ids for ids, _ in encoded], [ws for _, ws in encoded],
-                            data_cfg.seq_len, tokenizer.eos_id)
+    arrays = pack([ids for ids, _ in encoded], [ws for _, ws in encoded], data_cfg.seq_len,
+                  tokenizer.eos_id, packing)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _save_npz(path, arrays)
   if len(arrays["tokens"]) == 0:
