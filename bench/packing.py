@@ -34,7 +34,7 @@ def encoded_corpus(source: str, vocab_size: int):
   """(token ids, word starts) of the corpus' train split, and the tokenizer's eos id."""
   cfg = ml_collections.ConfigDict(dict(source=source, cache_dir=""))
   docs = pipeline._text_documents(cfg, "train")
-  name = f"{source}-{pipeline._hash(pipeline._corpus_id(cfg))[:12]}"
+  name = pipeline._corpus_name(source, pipeline._corpus_id(cfg))
   tok = train_or_load_tokenizer("bpe", vocab_size, name, docs, pipeline.cache_dir(cfg))
   encoded = tok.encode_batch(docs)
   return [ids for ids, _ in encoded], [ws for _, ws in encoded], tok.eos_id
