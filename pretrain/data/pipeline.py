@@ -155,10 +155,8 @@ def build_phased_dataset(data_cfg, split: str, tokenizer_kind: str, packing: str
   distribution the schedule ends on."""
   phases = parse_phases(data_cfg.get("phases"), [s for s in TEXT_SOURCES if s != "phases"])
   names = sorted({name for _, mixture in phases for name in mixture})
-  cfgs = {}
-  for name in names:
-    cfgs[name] = ml_collections.ConfigDict(data_cfg.to_dict())
-    cfgs[name].source = name
+  cfgs = {name: ml_collections.ConfigDict({**data_cfg.to_dict(), "source": name})
+          for name in names}
   corpora = {name: _corpus_id(cfgs[name]) for name in names}
   corpus_name = _corpus_name("phases", corpora)
   root = cache_dir(data_cfg)
