@@ -13,6 +13,7 @@ from flax import nnx
 from models import attention
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
+from pretrain import main as main_lib
 from pretrain.data import pipeline
 from pretrain.data.packing import (BIN_PACKINGS, assign_bins, bin_pack_documents,
                                    bin_pack_pairs)
@@ -210,3 +211,11 @@ def test_pipeline_packs_by_data_packing_and_caches_each_separately():
       assert seg[-1] == tok.eos_id or len(seg) == 64
   with pytest.raises(ValueError, match="data.packing='bestfit'; valid: concat, "):
     pipeline.build_text_dataset(_data_cfg(packing="bestfit"), "validation", "bpe")
+
+
+def test_bad_packing_is_a_one_line_error_before_training(tmp_path, capsys):
+  code = main_lib.main(["--config=configs/gpt.py:tiny", f"--workdir={tmp_path}/r",
+                        "--config.data.packing=bestfit"])
+  err = capsys.readouterr().err
+  assert code == 2 and err.count("\n") == 1
+  assert "data.packing='bestfit'; valid: concat, first_fit_decreasing, best_fit" in err

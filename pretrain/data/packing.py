@@ -68,8 +68,8 @@ def assign_bins(sizes: np.ndarray, capacity, method: str) -> np.ndarray:
   """
   if method not in BIN_PACKINGS:
     raise ValueError(f"unknown bin packing {method!r}; valid: {', '.join(BIN_PACKINGS)}")
-  sizes = np.asarray(sizes, np.int64).reshape(len(sizes), -1)
-  capacity = np.broadcast_to(np.asarray(capacity, np.int64), sizes.shape[1:])
+  capacity = np.atleast_1d(np.asarray(capacity, np.int64))
+  sizes = np.asarray(sizes, np.int64).reshape(len(sizes), len(capacity))
   too_big = np.flatnonzero((sizes > capacity).any(1))
   if too_big.size:
     raise ValueError(f"item {too_big[0]} of sizes {sizes[too_big[0]].tolist()} exceeds the "
@@ -107,7 +107,8 @@ def fill_rows(pieces: list[np.ndarray], bins: np.ndarray, seq_len: int
   order = np.lexsort((np.arange(len(bins)), bins))  # By row, then input order.
   lengths, row_of = lengths[order], bins[order]
   index = np.arange(len(order))
-  first_in_row = np.append(True, row_of[1:] != row_of[:-1])
+  first_in_row = np.ones(len(order), bool)
+  first_in_row[1:] = row_of[1:] != row_of[:-1]
   flat_start = np.cumsum(lengths) - lengths  # Where each piece starts, all rows joined.
   offset = flat_start - np.maximum.accumulate(np.where(first_in_row, flat_start, 0))
   rank = index - np.maximum.accumulate(np.where(first_in_row, index, 0))
