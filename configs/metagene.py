@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from configs.base import base_config, tiny_schedule
 
-# Not implemented: the wastewater corpus (1.5T base pairs, not public), bias-free dense
-# layers (ours carry biases: +0.02% params at 7B), and dropout-free is already the default.
+# Not implemented: the wastewater corpus (1.5T base pairs, not public) and bias-free dense
+# layers (ours carry biases: +0.02% params at 7B).
 NOT_IMPLEMENTED = ("wastewater_corpus", "bias_free_dense")
 
 # The released checkpoint's config (HF metagene-ai/METAGENE-1 config.json): LlamaForCausalLM,

@@ -23,7 +23,9 @@ from configs.metagene import llama_architecture
 NOT_IMPLEMENTED = ("phase_corpora", "quality_annotator", "synthetic_data",
                    "per_phase_lr_schedule", "bias_free_dense")
 
-SEQ_LEN, GLOBAL_BATCH = 8192, 512  # Wei et al. §3 (phase 1): sequence 8,192, batch 512
+# Wei et al. §3 (phase 1) as reported: sequence 8,192, batch 512, cosine decay after 600
+# warmup steps (not checked against the PDF offline).
+SEQ_LEN, GLOBAL_BATCH = 8192, 512
 PHASE_TOKENS = (500e9, 50e9, 5e9)  # abstract: the three phases' token counts
 # Llama-style 1.3B. The abstract gives the size, not the shape: DeepSeek-Coder-1.3B's
 # (24 layers, width 2048, 16 heads, SwiGLU 5504, vocab 32,256) is the 1.3B Llama shape of
@@ -45,8 +47,9 @@ def get_config(arg: str | None = None):
   c = base_config()
   llama_architecture(c)
   c.data.source = "phases"
+  # Cosine after 600 warmup steps (§3); decay to 10%, AdamW b2 0.95, weight decay 0.1: ours.
   c.optim.update(schedule="cosine", warmup_steps=600, end_lr_fraction=0.1, weight_decay=0.1,
-                 b1=0.9, b2=0.95, eps=1e-8)  # §3: cosine decay after 600 warmup steps
+                 b1=0.9, b2=0.95, eps=1e-8)
   if variant == "tiny":
     c.model.update(variant="custom", num_layers=2, d_model=64, num_heads=4, d_ff=172,
                    max_len=64)

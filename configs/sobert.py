@@ -6,8 +6,8 @@ Domain-Specific Pre-Training Over One-Size-Fits-All Models", arXiv 2306.03268).
 
 Variants: tiny (CPU test size), base, large. The abstract's recipe: context 2,048 tokens,
 batch 0.5M tokens, 27B training tokens, Megatron-LM; SOBertBase and SOBertLarge. Everything
-else is the BERT recipe (configs/bert.py); the vocabulary is trained on the corpus, as the
-paper's in-domain tokenizer is.
+else is the BERT recipe (configs/bert.py), with a BPE vocabulary trained on the pretraining
+corpus itself (in-domain).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ NOT_IMPLEMENTED = ("stackoverflow_corpus", *bert.NOT_IMPLEMENTED)
 SEQ_LEN = 2048          # abstract: "a very large context size (2,048 tokens)"
 GLOBAL_BATCH = 256      # 256 x 2,048 = 524,288 tokens: the abstract's "batch size (0.5M tokens)"
 TRAIN_TOKENS = 27e9     # abstract: "training set (27B tokens)"; one pass over it below
-VOCAB_SIZE = 50000      # in-domain BPE vocabulary; with it the shapes below give the counts
+VOCAB_SIZE = 50000      # inferred, not quoted: the size that gives the counts below
 # (layers, d_model, heads, d_ff). The headline counts are 125M (arXiv v2's abstract; v1 says
 # 109M) and 762M. base is BERT-base with a 2,048-position table; for large, 24 layers of
 # width 1536 is the BERT-style shape (d_ff = 4 d_model, head dim 96) that gives 762M with
