@@ -33,6 +33,7 @@ KEY_DOCS: dict[str, str] = {
     "model.max_len": "Largest position the learned position table covers.",
     "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
+    "model.norm_type": "Text models' norm layers: layernorm (BERT, GPT-2) or rmsnorm (Llama: scale only, no centering or bias).",
     "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu') or swiglu.",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
@@ -51,7 +52,8 @@ KEY_DOCS: dict[str, str] = {
     "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
     "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
     # data
-    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds.",
+    "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
     "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",
     "data.tfds_data_dir": "tfds data_dir (local path or gs://bucket/...) for source=tfds.",
@@ -59,6 +61,7 @@ KEY_DOCS: dict[str, str] = {
     "data.tokenizer": "Tokenizer trained on the corpus and cached: wordpiece (BERT) or bpe (GPT-2 byte-level).",
     "data.vocab_size": "Tokenizer vocabulary size.",
     "data.seq_len": "Tokens per packed sequence.",
+    "data.packing": "How documents become rows: concat (join with end-of-document ids, cut every seq_len; no padding), first_fit_decreasing or best_fit (whole documents per row, longer ones cut into seq_len pieces, rest padded; Prepacking-style bin packing).",
     "data.cache_dir": "Where tokenizers, packed arrays and downloaded corpora are cached ('' = $PRETRAIN_CACHE or ~/.cache/pretrain).",
     "data.num_threads": "grain read threads per process.",
     "data.prefetch": "grain prefetch buffer (batches).",
@@ -111,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False))
+  c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature=""))
@@ -121,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, schedule="linear", warmup_steps=100, end_lr_fraction=0.0,
            weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
+  c.data.packing = "concat"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))

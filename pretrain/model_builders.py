@@ -57,7 +57,8 @@ class TransformerBuilder:
     size = decode_size(model_cfg)
     return TransformerConfig(
         vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
-        pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, activation=model_cfg.activation,
+        pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, norm_type=model_cfg.norm_type,
+        activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
         head_transform=model_cfg.head_transform, embed_norm=model_cfg.embed_norm,
         ln_eps=model_cfg.ln_eps, **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
@@ -75,6 +76,8 @@ class MaeBuilder:
   def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
     if model_cfg.embed_norm:
       raise ValueError("model.embed_norm is for text models; the ViT has no embedding norm")
+    if model_cfg.norm_type != "layernorm":
+      raise ValueError(f"model.norm_type={model_cfg.norm_type!r}: the ViT/MAE uses layernorm")
     size = decode_size(model_cfg)
     patch = tuple(model_cfg.patch_size) if any(model_cfg.patch_size) else size.get("patch_size")
     if not patch:
