@@ -16,7 +16,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("gpt", v) for v in ("tiny", "small", "medium", "large", "xl")]
             + [("mae", v) for v in ("tiny", "B/16", "L/16", "H/14")]
             + [("t5", v) for v in ("tiny", "small", "base", "large")]
-            + [("prefix_lm", v) for v in ("tiny", "xl")])
+            + [("prefix_lm", v) for v in ("tiny", "xl")]
+            + [("bart", v) for v in ("tiny", "base", "large")]
+            + [("e2s2", v) for v in ("tiny", "large")])
 
 
 def load(recipe: str, variant: str):
