@@ -29,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.key_data(jax.random.key(0))
 PAD, EOS, MASK, STOP, QUESTION = 0, 1, 2, 3, 4  # STOP/QUESTION end sentences
 SPECIALS, ENDS, VOCAB, SEQ = (PAD, EOS, MASK), (STOP, QUESTION), 64, 64
-NOISE = dict(infill_rate=0.0, poisson_lambda=3.0, token_mask_rate=0.0, delete_rate=0.0,
-             permute_rate=0.0, rotate_rate=0.0)
+NOISE = {"infill_rate": 0.0, "poisson_lambda": 3.0, "token_mask_rate": 0.0, "delete_rate": 0.0,
+             "permute_rate": 0.0, "rotate_rate": 0.0}
 
 
 def _noiser(**rates) -> bart.BartNoising:
@@ -225,8 +225,8 @@ def test_token_masking_masks_one_for_one():
       assert changed.sum() == round(0.15 * len(body)) and (noised[changed] == MASK).all()
 
 
-BART_NOISE = dict(infill_rate=0.3, permute_rate=1.0, token_mask_rate=0.05, delete_rate=0.05,
-                  rotate_rate=0.5)
+BART_NOISE = {"infill_rate": 0.3, "permute_rate": 1.0, "token_mask_rate": 0.05, "delete_rate": 0.05,
+                  "rotate_rate": 0.5}
 
 
 def test_mixed_noise_keeps_packed_documents_apart():
@@ -412,8 +412,8 @@ def test_e2s2_loss_matches_numpy(model):
 
   cl_loss = _np_info_nce(pool(enc, batch["input_segment_ids"]),
                          pool(clean, batch["target_segment_ids"]), 0.5)
-  config = ml_collections.ConfigDict(dict(objective=dict(
-      denoise_weight=0.3, contrastive_weight=0.7, contrastive_temperature=0.5)))
+  config = ml_collections.ConfigDict({"objective": {
+      "denoise_weight": 0.3, "contrastive_weight": 0.7, "contrastive_temperature": 0.5}})
   loss_fn = jax.jit(functools.partial(e2s2.E2S2().loss_fn, model=md, config=config))
   loss, metrics = loss_fn(params, batch, RNG)
   np.testing.assert_allclose(metrics["decoder_loss"], dec_loss, rtol=1e-5)
@@ -445,9 +445,9 @@ def test_paper_sizes_build_abstractly_with_the_paper_param_count(spec, paper):
 
 
 @pytest.mark.parametrize("spec,args,expected", [
-    ("bart.py", ["--config.objective.infill_rate=0.6"], "objective.infill_rate=0.6: must be <= 0.5"),
-    ("bart.py", ["--config.objective.rotate_rate=2"], "objective.rotate_rate=2.0: must be in [0, 1]"),
-    ("bart.py", ["--config.objective.poisson_lambda=0"], "objective.poisson_lambda=0.0: must be > 0"),
+    ("bart.py", ["--config.objective.infill_rate=0.6"], "infill_rate=0.6: must be <= 0.5"),
+    ("bart.py", ["--config.objective.rotate_rate=2"], "rotate_rate=2.0: must be in [0, 1]"),
+    ("bart.py", ["--config.objective.poisson_lambda=0"], "poisson_lambda=0.0: must be > 0"),
     ("bart.py", ["--config.objective.delete_rate=0.8"], "must be <= 1 (they pick disjoint"),
     ("e2s2.py", ["--config.objective.contrastive_temperature=0"], "contrastive_temperature=0.0"),
     ("e2s2.py", ["--config.objective.shuffle_rate=-0.1"], "objective.shuffle_rate=-0.1"),
