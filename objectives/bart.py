@@ -42,13 +42,8 @@ import numpy as np
 
 from models.encoder_decoder import encoder_decoder_flops
 from objectives import base
-from objectives.span_corruption import (
-  _composition,
-  _pad,
-  _positions,
-  _segment_runs,
-  shift_right,
-)
+from objectives.span_corruption import (_composition, _pad, _positions, _segment_runs,
+                                         shift_right)
 
 RATES = ("infill_rate", "token_mask_rate", "delete_rate", "permute_rate", "rotate_rate")
 

@@ -34,13 +34,8 @@ import numpy as np
 
 from models.transformer import logits_flops_per_token, stack_flops_per_token
 from objectives import base
-from objectives.bart import (
-  bart_flops,
-  bart_noising,
-  encode_inputs,
-  reconstruction_loss,
-  validate_noise,
-)
+from objectives.bart import (bart_flops, bart_noising, encode_inputs, reconstruction_loss,
+                             validate_noise)
 
 ENCODER_RATES = ("shuffle_rate", "random_rate")
 
