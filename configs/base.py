@@ -20,6 +20,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
     "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
     "objective.curriculum": "mlm: masking phases ((start_step, strategy, rate), ...): from each start step on, strategy (token, whole_word or span: SpanBERT whole-word spans, Geometric(0.2) lengths clipped at 10) and rate replace whole_word and mask_rate (BIOptimus). The step is the global example index // train.global_batch; evaluation batches count from 0.",
+    "objective.mode_probs": "unixcoder: probabilities of the (enc, dec, e2d) modes a row is drawn in: bidirectional MLM, causal LM, prefix-to-rest LM.",
     "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
     "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",
     "objective.noise_density": "span_corruption: fraction of tokens dropped from the encoder input into noise spans (T5: 0.15).",
@@ -50,6 +51,7 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
     "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
+    "model.mlm_decoder_layers": "drbert: transformer blocks between the encoder and the MLM output layer, used in pretraining only (the exported encoder has none).",
     "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",

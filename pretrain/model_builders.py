@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
@@ -114,3 +115,29 @@ MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
 MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
 
+
+
+class DrBertBuilder(TransformerBuilder):
+  """BERT encoder + pretraining-only MLM decoder blocks (`model.mlm_decoder_layers`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> DrBertConfig:
+    return DrBertConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                        mlm_decoder_layers=model_cfg.mlm_decoder_layers)
+
+  def build(self, cfg: DrBertConfig, rngs):
+    return DrBert(cfg, rngs=rngs)
+
+
+MODELS.register("drbert")(DrBertBuilder())
+
+
+class ExtraIdsTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` whose vocabulary gains `model.extra_ids` ids above the tokenizer's
+  (UniXcoder's mode tokens), as the encoder-decoder's does for T5's sentinels."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=info.vocab_size + model_cfg.extra_ids)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("transformer_extra_ids")(ExtraIdsTransformerBuilder())
