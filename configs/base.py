@@ -52,7 +52,11 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_d_ff": "MAE decoder MLP width.",
     "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
     "model.mlm_decoder_layers": "drbert: transformer blocks between the encoder and the MLM output layer, used in pretraining only (the exported encoder has none).",
-    "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
+    "model.branch_layers": "multi_branch: depth of each task branch (ERNIE 3.0's AE and AR task-specific networks) on the shared backbone.",
+    "model.branch_d_model": "multi_branch: branch width; linear projections map backbone states down into each branch and back up when it differs from d_model.",
+    "model.branch_heads": "multi_branch: attention heads of each branch.",
+    "model.branch_d_ff": "multi_branch: MLP hidden width of each branch.",
+    "model.extra_ids": "encoder_decoder / transformer_extra_ids: ids added above the tokenizer's vocabulary, for span-corruption sentinels (T5: 100) or UniXcoder's 3 mode tokens.",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",

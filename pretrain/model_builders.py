@@ -11,6 +11,7 @@ import dataclasses
 from models import variants
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -141,3 +142,21 @@ class ExtraIdsTransformerBuilder(TransformerBuilder):
 
 
 MODELS.register("transformer_extra_ids")(ExtraIdsTransformerBuilder())
+
+
+class MultiBranchBuilder(TransformerBuilder):
+  """Shared backbone + AE and AR branches (ERNIE 3.0): `MultiBranchTransformer`; the
+  branches' sizes are `model.branch_*`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiBranchConfig:
+    return MultiBranchConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                             branch_layers=model_cfg.branch_layers,
+                             branch_d_model=model_cfg.branch_d_model,
+                             branch_heads=model_cfg.branch_heads,
+                             branch_d_ff=model_cfg.branch_d_ff)
+
+  def build(self, cfg: MultiBranchConfig, rngs):
+    return MultiBranchTransformer(cfg, rngs=rngs)
+
+
+MODELS.register("multi_branch")(MultiBranchBuilder())
