@@ -19,7 +19,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.replace_mask": "mlm: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
     "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
-    "objective.curriculum": "mlm: masking phases ((start_step, strategy, rate), ...): from each start step on, strategy (token, whole_word or span: SpanBERT whole-word spans, Geometric(0.2) lengths clipped at 10) and rate replace whole_word and mask_rate (BIOptimus). The step is the global example index // train.global_batch; evaluation batches count from 0.",
+    "objective.curriculum": "mlm: masking phases ((start_step, strategy, rate), ...): from each start step on, strategy (token, whole_word or span: SpanBERT whole-word spans, Geometric(0.2) lengths truncated to 1-10 words) and rate replace whole_word and mask_rate (BIOptimus). The step is the global example index // train.global_batch; evaluation batches count from 0.",
     "objective.mode_probs": "unixcoder: probabilities of the (enc, dec, e2d) modes a row is drawn in: bidirectional MLM, causal LM, prefix-to-rest LM.",
     "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
     "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",

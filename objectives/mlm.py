@@ -31,14 +31,17 @@ def num_predictions(seq_len: int, mask_rate: float) -> int:
 
 
 STRATEGIES = ("token", "whole_word", "span")
-# SpanBERT §3.1: span length in words ~ Geometric(p=0.2) clipped at 10 (mean 3.8 words).
+# SpanBERT §3.1: span length in words ~ Geometric(p=0.2) truncated to at most 10 words
+# (renormalised: "clipped at 10, yielding a mean span length of 3.8").
 SPAN_P, SPAN_MAX = 0.2, 10
 
 
 def span_lengths(rng: np.random.Generator, size: int, p: float = SPAN_P,
                  max_len: int = SPAN_MAX) -> np.ndarray:
-  """`size` span lengths in words: Geometric(p) on {1, 2, ...} clipped at max_len."""
-  return np.minimum(rng.geometric(p, size), max_len)
+  """`size` span lengths in words: Geometric(p) on {1, ..., max_len}, renormalised."""
+  lengths = np.arange(1, max_len + 1)
+  pmf = p * (1 - p) ** (lengths - 1)
+  return rng.choice(lengths, size, p=pmf / pmf.sum())
 
 
 def word_ids(word_start: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:

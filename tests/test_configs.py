@@ -16,7 +16,11 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("gpt", v) for v in ("tiny", "small", "medium", "large", "xl")]
             + [("mae", v) for v in ("tiny", "B/16", "L/16", "H/14")]
             + [("t5", v) for v in ("tiny", "small", "base", "large")]
-            + [("prefix_lm", v) for v in ("tiny", "xl")])
+            + [("prefix_lm", v) for v in ("tiny", "xl")]
+            + [("bioptimus", v) for v in ("tiny", "base")]
+            + [("drbert", v) for v in ("tiny", "base")]
+            + [("unixcoder", v) for v in ("tiny", "base")]
+            + [("ernie3", v) for v in ("tiny", "10b")])
 
 
 def load(recipe: str, variant: str):
