@@ -169,6 +169,14 @@ def masking_phases(objective_cfg) -> list[tuple[int, str, float]]:
   return [(start, *phases[start]) for start in sorted(phases)]
 
 
+def _valid_phase(phase) -> bool:
+  try:
+    start, strategy, rate = phase
+    return int(start) == start >= 0 and strategy in STRATEGIES and 0 < float(rate) < 1
+  except (TypeError, ValueError):
+    return False
+
+
 def max_slots(config, seq_len: int) -> int:
   """Prediction slots per example: enough for the highest rate of any phase."""
   return num_predictions(seq_len, max(rate for _, _, rate in masking_phases(config.objective)))
@@ -189,9 +197,8 @@ class MaskedLM(base.Objective):
       raise ValueError(f"objective.replace_mask={o.replace_mask}, objective.replace_random="
                        f"{o.replace_random}: must be >= 0 and sum to <= 1")
     for i, phase in enumerate(o.get("curriculum", ())):
-      if (len(phase) != 3 or int(phase[0]) < 0 or phase[1] not in STRATEGIES
-          or not 0 < phase[2] < 1):
-        raise ValueError(f"objective.curriculum[{i}]={tuple(phase)}: expected (start_step >= 0, "
+      if not _valid_phase(phase):
+        raise ValueError(f"objective.curriculum[{i}]={phase!r}: expected (start_step >= 0, "
                          f"strategy in {list(STRATEGIES)}, rate in (0, 1))")
 
   def host_transform(self, config, info):

@@ -134,9 +134,6 @@ class UniXcoder(MaskedLM):
     metrics.update({f"{name}_loss": value for name, value in losses.items()})
     return sum(losses.values()), metrics
 
-  def units_per_example(self, config, info):
-    return info.seq_len
-
   def forward_flops_per_example(self, config, info, model_cfg):
     # Keys seen per query: L ([ENC]), L/2 ([DEC]), 2L/3 ([E2D], see prefix_lm), mixed by
     # mode_probs; logits at every position plus the MLM slots.

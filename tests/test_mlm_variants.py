@@ -164,6 +164,7 @@ def test_masking_phases_and_the_phase_at_a_step():
     ((5, "spans", 0.2), "objective.curriculum[0]=(5, 'spans', 0.2)"),
     ((5, "span", 1.5), "rate in (0, 1)"),
     ((-1, "span", 0.2), "start_step >= 0"),
+    ((5, "span"), "objective.curriculum[0]=(5, 'span')"),
 ])
 def test_bad_curriculum_is_a_value_error_naming_the_key(phase, message):
   with pytest.raises(ValueError, match=re.escape(message)):
