@@ -32,5 +32,7 @@ def get_config(arg: str | None = None):
   c = bert.get_config(variant)
   steps = c.train.steps if variant == "base" else 30  # tiny: the 30 steps its test trains
   # Phase 0 is the base (mask_rate 0.15, token masking, BERT's 80/10/10 corruption).
-  c.objective.curriculum = ((steps // 3, "whole_word", 0.2), (2 * steps // 3, "span", 0.3))
+  # Entries are lists, not tuples, so they compare equal to the config.json a resumed run
+  # reads back (pretrain.config.check_resumable).
+  c.objective.curriculum = ([steps // 3, "whole_word", 0.2], [2 * steps // 3, "span", 0.3])
   return c

@@ -512,3 +512,14 @@ def test_tiny_recipe_trains_through_main(tmp_path, recipe):
   curve = [r["loss"] for r in records if "loss" in r]
   assert np.mean(curve[-2:]) < np.mean(curve[:2]) - 0.5, curve
   assert all(r["mfu"] > 0 for r in records if "loss" in r)
+
+
+@pytest.mark.parametrize("recipe", ["bioptimus", "unixcoder"])
+def test_recipes_with_sequence_keys_resume_from_their_saved_config(tmp_path, recipe):
+  """The curriculum / mode_probs read back from config.json equal the recipe's, so a rerun
+  resumes instead of refusing the workdir."""
+  config = config_lib.load_config_file(os.path.join(ROOT, "configs", f"{recipe}.py:tiny"))
+  (tmp_path / "checkpoints" / "30").mkdir(parents=True)
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+  differing = config_lib.check_resumable(config, str(tmp_path))  # raises on objective.*
+  assert not [k for k in differing if k.startswith("objective.")]
