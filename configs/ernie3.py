@@ -4,7 +4,7 @@ Language Understanding and Generation").
 
   python -m pretrain.main --config=configs/ernie3.py:tiny --workdir=runs/ernie3_tiny
 
-Variants: tiny (CPU test size), 10b (§3.3 / Table of settings: universal representation
+Variants: tiny (CPU test size), 10b (the paper's pre-training settings: universal representation
 module 48 layers, d 4096, 64 heads; each task-specific module 12 layers, d 768, 12 heads;
 "10 billion parameters"). Hand count of ours (post-LN, d_ff = 4d, biases and norms
 included, vocabulary 40,000 padded to 40,064, 512 positions):

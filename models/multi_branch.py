@@ -1,6 +1,6 @@
 """A shared backbone with task-specific branches: ERNIE 3.0's "universal representation"
 and "task-specific representation" modules (Sun et al. 2021, "ERNIE 3.0: Large-scale
-Knowledge Enhanced Pre-training for Language Understanding and Generation", §3.1).
+Knowledge Enhanced Pre-training for Language Understanding and Generation").
 
 The backbone is a `TextTransformer` (embeddings, the universal stack, the tied output
 layer); each branch is a `TransformerStack` of its own, usually narrower (the 10B model:

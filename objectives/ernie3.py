@@ -1,4 +1,4 @@
-"""ERNIE 3.0's joint auto-encoding and auto-regressive pretraining (Sun et al. 2021, §3.1-3.2)
+"""ERNIE 3.0's joint auto-encoding and auto-regressive pretraining (Sun et al. 2021)
 on `models.multi_branch.MultiBranchTransformer`.
 
 Every batch trains both branches. The AE branch: the backbone and the AE stack run

@@ -1,5 +1,5 @@
 """UniXcoder's three modes of one transformer (Guo et al. 2022, "UniXcoder: Unified
-Cross-Modal Pre-training for Code Representation", §3.1-3.2).
+Cross-Modal Pre-training for Code Representation").
 
 Each packed row draws a mode with `objective.mode_probs`; the mode picks the attention mask,
 the loss and a mode token put at the start of every packed segment:
