@@ -1,3 +1,3 @@
 """One file per pretraining objective; importing this package registers them all."""
-from objectives import causal_lm, mae, mlm, prefix_lm, span_corruption  # noqa: F401
-from objectives import bart, e2s2  # noqa: F401
+from objectives import (bart, causal_lm, drbert, e2s2, ernie3, mae, mlm,  # noqa: F401
+                        prefix_lm, span_corruption, unixcoder)

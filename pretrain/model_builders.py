@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -117,3 +119,47 @@ MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
 MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
 
+
+
+class DrBertBuilder(TransformerBuilder):
+  """BERT encoder + pretraining-only MLM decoder blocks (`model.mlm_decoder_layers`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> DrBertConfig:
+    return DrBertConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                        mlm_decoder_layers=model_cfg.mlm_decoder_layers)
+
+  def build(self, cfg: DrBertConfig, rngs):
+    return DrBert(cfg, rngs=rngs)
+
+
+MODELS.register("drbert")(DrBertBuilder())
+
+
+class ExtraIdsTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` whose vocabulary gains `model.extra_ids` ids above the tokenizer's
+  (UniXcoder's mode tokens), as the encoder-decoder's does for T5's sentinels."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=info.vocab_size + model_cfg.extra_ids)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("transformer_extra_ids")(ExtraIdsTransformerBuilder())
+
+
+class MultiBranchBuilder(TransformerBuilder):
+  """Shared backbone + AE and AR branches (ERNIE 3.0): `MultiBranchTransformer`; the
+  branches' sizes are `model.branch_*`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiBranchConfig:
+    return MultiBranchConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                             branch_layers=model_cfg.branch_layers,
+                             branch_d_model=model_cfg.branch_d_model,
+                             branch_heads=model_cfg.branch_heads,
+                             branch_d_ff=model_cfg.branch_d_ff)
+
+  def build(self, cfg: MultiBranchConfig, rngs):
+    return MultiBranchTransformer(cfg, rngs=rngs)
+
+
+MODELS.register("multi_branch")(MultiBranchBuilder())

@@ -22,7 +22,11 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("metagene", v) for v in ("tiny", "7b")]
             + [("snowcoder", v) for v in ("tiny", "1.3b")]
             + [("bart", v) for v in ("tiny", "base", "large")]
-            + [("e2s2", v) for v in ("tiny", "large")])
+            + [("e2s2", v) for v in ("tiny", "large")]
+            + [("bioptimus", v) for v in ("tiny", "base")]
+            + [("drbert", v) for v in ("tiny", "base")]
+            + [("unixcoder", v) for v in ("tiny", "base")]
+            + [("ernie3", v) for v in ("tiny", "10b")])
 
 
 def load(recipe: str, variant: str):

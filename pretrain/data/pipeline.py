@@ -229,13 +229,20 @@ class DataIterator:
     self._restart(int(state["global_batches"]))
 
 
+def _with_example_index(index: int, example: dict) -> dict:
+  return {**example, "example_index": np.int64(index)}
+
+
 def make_iterator(source, transform, *, seed: int, global_batch: int, process_index: int,
                   process_count: int, num_threads: int = 2, prefetch: int = 2,
                   shuffle: bool = True) -> DataIterator:
   """Batches of `local_batch = global_batch // process_count` examples for one process.
 
   The transform (a grain RandomMap, or None) runs before process slicing, so its rng depends
-  only on (seed, global example index). Epochs repeat forever, reshuffled each epoch.
+  only on (seed, global example index). Epochs repeat forever, reshuffled each epoch. A
+  transform with `wants_example_index = True` also finds that index in
+  example["example_index"] (global batch k holds indices k * global_batch ...), e.g. to
+  follow a schedule over training steps.
   """
   if global_batch % process_count:
     raise ValueError(f"global_batch {global_batch} is not divisible by process_count "
@@ -251,6 +258,8 @@ def make_iterator(source, transform, *, seed: int, global_batch: int, process_in
       ds = ds.shuffle()
     ds = ds.repeat()
   if transform is not None:
+    if getattr(transform, "wants_example_index", False):
+      ds = ds.map_with_index(_with_example_index)
     ds = ds.random_map(transform)
   # Local batch j*process_count + p is process p's slice of global batch j.
   batches = ds.batch(local_batch)[process_index::process_count]
