@@ -168,11 +168,11 @@ class CodeT5(SpanCorruptionLM):
     del rng  # All randomness is on the host.
     net = model.bind(params)
     targets, segs = batch["targets"], batch["target_segment_ids"]
-    context = net.encode(batch["inputs"], enc_segment_ids=batch["input_segment_ids"],
-                         enc_positions=batch["input_positions"])  # (B, L, D)
-    hidden = net.decode(context, shift_right(targets, segs, 0),
-                        enc_segment_ids=batch["input_segment_ids"], dec_segment_ids=segs,
-                        dec_positions=batch["target_positions"])  # (B, Lt, D)
+    context = net.encode(batch["inputs"], segment_ids=batch["input_segment_ids"],
+                         positions=batch["input_positions"])  # (B, L, D)
+    hidden = net.decode(shift_right(targets, segs, 0), context, segment_ids=segs,
+                        positions=batch["target_positions"],
+                        enc_segment_ids=batch["input_segment_ids"])  # (B, Lt, D)
     seq_loss, accuracy = base.token_loss(net.logits(hidden), targets,
                                          (segs > 0).astype(jnp.float32))
     tag_loss, tag_accuracy = binary_loss(net.tag_logits(context), batch["is_identifier"],

@@ -136,6 +136,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks values that would otherwise fail late (after data loading or compile)."""
   import objectives  # noqa: F401  (registers objectives)
   import pretrain.model_builders  # noqa: F401  (registers models)
+  from pretrain.evaluation import evaluators
 
   _require(config.objective.name in OBJECTIVES,
            f"objective.name={config.objective.name!r}; valid: {', '.join(OBJECTIVES.names())}")
@@ -184,6 +185,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   try:
     objective.validate(config)
     MODELS.get(config.model.name).validate(config.model)
+    evaluators.validate(config, objective)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

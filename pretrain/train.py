@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from objectives.base import DataInfo, ModelDef, Objective
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain.data import pipeline
+from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
 
 # EX_TEMPFAIL: the run was stopped on purpose with its state saved; rerun the same command.
@@ -66,7 +67,8 @@ def build_data(config, objective: Objective):
     train_source, tok = pipeline.build_text_dataset(config.data, "train", kind, examples)
     eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind, examples)
     info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids))
+                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids),
+                    sentence_end_ids=tok.sentence_end_ids())
   else:
     train_source = pipeline.build_image_dataset(config.data, "train")
     eval_source = pipeline.build_image_dataset(config.data, "validation")
@@ -272,8 +274,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       train_step = make_train_step(run, shardings)
       eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
       start = int(jax.device_get(state["step"]))
-      return _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak,
-                   preempted)
+      evaluators = evaluators_lib.build(run)
+      return _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
+                   writer, peak, preempted)
   finally:
     writer.close()
     ckpt.close()
@@ -325,8 +328,13 @@ def _check_finite(state, policy: str, ckpt) -> None:
         f"{ckpt.directory} are untouched")
 
 
-def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak_info,
-          preempted):
+def _log_scores(writer, done: int, what: str, scores: dict[str, float]) -> None:
+  writer.write(done, scores)
+  writer.console(f"{what} step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt, writer,
+          peak_info, preempted):
   t, objective = run.config.train, run.objective
   peak, peak_source = peak_info
   flops = 3 * objective.forward_flops_per_example(run.config, run.info, run.model_cfg)
@@ -358,9 +366,13 @@ def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, pea
                                                step_time * (t.steps - done)))
     if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
       scores = evaluate(run, eval_step, state["params"])
-      writer.write(done, scores)
-      writer.console(f"eval step {done}: " + ", ".join(f"{k} {v:.4f}"
-                                                       for k, v in scores.items()))
+      _log_scores(writer, done, "eval", scores)
+      last.update(scores)
+      meter.restart()
+    every = run.config.evaluate.every
+    if evaluators and ((every and done % every == 0) or done == t.steps):
+      scores = evaluators_lib.run_all(evaluators, state)
+      _log_scores(writer, done, "evaluators", scores)
       last.update(scores)
       meter.restart()
     stop = _should_stop(preempted, done, t)

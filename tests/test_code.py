@@ -173,8 +173,8 @@ def test_codet5_loss_is_decoder_ce_plus_tagging_bce_against_numpy():
   objective = codet5.CodeT5()
   loss, metrics = jax.jit(functools.partial(objective.loss_fn, model=ModelDef(graphdef),
                                             config=None))(nnx.to_pure_dict(params), batch, RNG)
-  encode = nnx.jit(lambda net, b: net.encode(b["inputs"], enc_segment_ids=b["input_segment_ids"],
-                                             enc_positions=b["input_positions"]))
+  encode = nnx.jit(lambda net, b: net.encode(b["inputs"], segment_ids=b["input_segment_ids"],
+                                             positions=b["input_positions"]))
   context = np.asarray(encode(net, batch), np.float64)
   logits = context @ np.asarray(net.tag_head.kernel[...]) + np.asarray(net.tag_head.bias[...])
   w = np.asarray(batch["tag_weights"])
