@@ -14,7 +14,7 @@ KEY_DOCS: dict[str, str] = {
     "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
-    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm, bart, e2s2, codet5, graphcodebert.",
+    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm, bart, e2s2, codet5, codet5_bimodal, graphcodebert.",
     "objective.mask_rate": "mlm, graphcodebert: fraction of (code) tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm, graphcodebert: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm, graphcodebert: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
@@ -26,7 +26,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.noise_density": "span_corruption, codet5: fraction of tokens dropped from the encoder input into noise spans (T5: 0.15).",
     "objective.mean_span_length": "span_corruption, codet5: mean noise-span length in tokens (T5: 3); each span becomes one sentinel.",
     "objective.task_probs": "codet5: sampling probabilities of the per-example task (masked span prediction, identifier tagging, masked identifier prediction); CodeT5: equal.",
-    "objective.target_len": "codet5: static decoder length of every example (>= the span-corruption target length); masked identifier prediction masks identifiers while their targets fit (CodeT5: 256).",
+    "objective.target_len": "codet5, codet5_bimodal: static decoder length of every example (>= the span-corruption target length); masked identifier prediction masks identifiers while their targets fit (CodeT5: 256).",
     "objective.max_nodes": "graphcodebert: data-flow nodes per example after the seq_len code positions (GraphCodeBERT: 128); at most 2x as many edges are kept.",
     "objective.node_sample_rate": "graphcodebert: fraction of nodes whose edges are hidden and predicted, and (separately sampled) whose token alignments are (GraphCodeBERT: 0.2).",
     "objective.infill_rate": "bart, e2s2: fraction of each document's tokens covered by text-infilling spans, each span replaced by one [MASK] (BART: 0.3; E2S2: 0.15); at most 0.5.",

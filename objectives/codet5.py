@@ -29,7 +29,7 @@ from models.encoder_decoder import encoder_decoder_flops
 from objectives import base
 from objectives.span_corruption import (SpanCorruption, SpanCorruptionLM, _pad, _positions,
                                         corrupted_lengths, shift_right)
-from pretrain.data.code import annotate_documents
+from pretrain.data.code import annotate_documents, docstring_pairs
 from pretrain.data.packing import pack_documents
 
 TASKS = ("msp", "it", "mip")
@@ -184,3 +184,61 @@ class CodeT5(SpanCorruptionLM):
     dec_len = config.objective.target_len
     return encoder_decoder_flops(model_cfg, enc_len=info.seq_len, dec_len=dec_len,
                                  enc_attended=info.seq_len, dec_attended=dec_len / 2)
+
+
+class DocstringPairs:
+  """`Objective.text_examples`: one (docstring, code) pair per documented function, each
+  side truncated to seq_len tokens and zero-padded."""
+
+  key = {"docstring_pairs": "python-ast-v1"}
+
+  def build(self, docs, tokenizer, data_cfg) -> dict[str, np.ndarray]:
+    pairs = [p for doc in docs for p in docstring_pairs(doc)]
+    rows = {}
+    for i, side in enumerate(("nl", "pl")):
+      encoded = tokenizer.encode_batch([p[i] for p in pairs])
+      rows[side] = np.reshape([_pad(ids[:data_cfg.seq_len], data_cfg.seq_len)
+                               for ids, _ in encoded], (len(pairs), data_cfg.seq_len))
+    return rows
+
+  def example(self, info) -> dict[str, np.ndarray]:
+    """A synthetic pair of the built rows' shapes (for AOT)."""
+    ids = 1 + np.arange(info.seq_len, dtype=np.int32) % (info.vocab_size - 1)
+    return {"nl": ids, "pl": ids}
+
+
+class DualGeneration(grain.transforms.RandomMap):
+  """(nl, pl) pair -> NL->PL or PL->NL (equally likely) as encoder inputs / decoder targets
+  in span corruption's batch format, so `SpanCorruptionLM.loss_fn` trains on it."""
+
+  def __init__(self, *, seq_len: int, target_len: int):
+    self.seq_len, self.target_len = seq_len, target_len
+
+  def random_map(self, example, rng: np.random.Generator):
+    source, target = ("nl", "pl") if rng.random() < 0.5 else ("pl", "nl")
+    enc, dec = example[source], example[target][:self.target_len]
+    enc_segs, dec_segs = (enc > 0).astype(np.int32), (dec > 0).astype(np.int32)
+    return {
+        "inputs": enc, "input_segment_ids": enc_segs, "input_positions": _positions(enc_segs),
+        "targets": dec, "target_segment_ids": dec_segs,
+        "target_positions": _positions(dec_segs),
+    }
+
+
+@base.register("codet5_bimodal")
+class CodeT5Bimodal(CodeT5):
+  """CodeT5's second stage (§3.2): bimodal dual generation, NL->PL and PL->NL, trained with
+  span corruption's decoder loss (no tagging); same model, so `init_from` chains stages."""
+
+  loss_fn = SpanCorruptionLM.loss_fn
+
+  def validate(self, config):
+    if not 0 < config.objective.target_len <= config.data.seq_len:
+      raise ValueError(f"objective.target_len={config.objective.target_len}: must be in "
+                       f"[1, data.seq_len={config.data.seq_len}]")
+
+  def text_examples(self, config):
+    return DocstringPairs()
+
+  def host_transform(self, config, info):
+    return DualGeneration(seq_len=info.seq_len, target_len=config.objective.target_len)

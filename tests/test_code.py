@@ -19,7 +19,7 @@ from objectives.base import DataInfo, ModelDef
 from objectives.mlm import MlmMasking
 from pretrain import config as config_lib
 from pretrain import main as main_lib
-from pretrain.data.code import annotate, data_flow, function_sources
+from pretrain.data.code import annotate, data_flow, docstring_pairs, function_sources
 from pretrain.data.packing import pack_documents
 from pretrain.data.tokenizer import train_or_load_tokenizer
 from pretrain.registry import MODELS
@@ -192,6 +192,25 @@ def test_binary_loss_against_numpy():
   np.testing.assert_allclose(accuracy, 1 / 3)
 
 
+def test_docstring_pairs_and_dual_generation_by_hand():
+  module = ('class A:\n    def m(self, x):\n        """Double x.\n\n        Twice."""\n'
+            '        return x * 2\n\ndef h():\n    """Only a docstring."""\n')
+  assert docstring_pairs(module) == [("Double x.\n\nTwice.", "def m(self, x):\n    return x * 2")]
+  transform = codet5.DualGeneration(seq_len=6, target_len=3)
+  pair = {"nl": np.array([7, 8, 0, 0, 0, 0]), "pl": np.array([1, 2, 3, 4, 5, 0])}
+  seen = set()
+  for seed in range(20):
+    out = transform.random_map(pair, np.random.default_rng(seed))
+    direction = "nl2pl" if out["inputs"][0] == 7 else "pl2nl"
+    seen.add(direction)
+    want = {"nl2pl": ([7, 8, 0, 0, 0, 0], [1, 2, 3]), "pl2nl": ([1, 2, 3, 4, 5, 0], [7, 8, 0])}
+    np.testing.assert_array_equal(out["inputs"], want[direction][0])
+    np.testing.assert_array_equal(out["targets"], want[direction][1])
+    np.testing.assert_array_equal(out["target_segment_ids"], np.array(want[direction][1]) > 0)
+    np.testing.assert_array_equal(out["input_positions"][:2], [0, 1])
+  assert seen == {"nl2pl", "pl2nl"}
+
+
 # --- GraphCodeBERT -----------------------------------------------------------------------
 
 
@@ -300,7 +319,7 @@ def test_paper_sizes_build_abstractly_with_the_paper_param_count(recipe, variant
   assert abs(count / paper - 1) < 0.02, (recipe, variant, count)
 
 
-@pytest.mark.parametrize("recipe", ["codet5", "graphcodebert"])
+@pytest.mark.parametrize("recipe", ["codet5", "codet5_bimodal", "graphcodebert"])
 def test_tiny_recipe_trains_through_main(tmp_path, recipe):
   args = ["--config.train.steps=40", "--config.train.log_every=5",
           "--config.train.checkpoint_every=40", "--config.train.eval_every=40"]

@@ -28,6 +28,7 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("unixcoder", v) for v in ("tiny", "base")]
             + [("ernie3", v) for v in ("tiny", "10b")]
             + [("codet5", v) for v in ("tiny", "small", "base")]
+            + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
             + [("graphcodebert", v) for v in ("tiny", "base")])
 
 

@@ -114,14 +114,13 @@ def annotate_documents(docs: list[str], tokenizer: Tokenizer) -> list[AnnotatedC
   return out
 
 
-def function_sources(module_text: str) -> list[str]:
-  """The dedented source of every function defined at module or class level (nested
-  functions stay inside their parent), without decorators; [] if the module does not parse."""
+def _functions(module_text: str) -> list[ast.AST]:
+  """Function nodes defined at module or class level, in source order ([] if the module
+  does not parse)."""
   try:
     tree = ast.parse(module_text)
   except (SyntaxError, ValueError):
     return []
-  lines = module_text.split("\n")
   found, todo = [], list(tree.body)
   while todo:
     node = todo.pop()
@@ -129,8 +128,35 @@ def function_sources(module_text: str) -> list[str]:
       found.append(node)
     elif isinstance(node, ast.ClassDef):
       todo.extend(node.body)
-  return [textwrap.dedent("\n".join(lines[f.lineno - 1:f.end_lineno]))
-          for f in sorted(found, key=lambda f: f.lineno)]
+  return sorted(found, key=lambda f: f.lineno)
+
+
+def _source(lines: list[str], first: int, last: int, skip: range = range(0)) -> str:
+  """Dedented lines first..last (1-based, inclusive) without the line numbers in `skip`."""
+  return textwrap.dedent("\n".join(lines[i - 1] for i in range(first, last + 1)
+                                   if i not in skip))
+
+
+def function_sources(module_text: str) -> list[str]:
+  """The dedented source of every function defined at module or class level (nested
+  functions stay inside their parent), without decorators."""
+  lines = module_text.split("\n")
+  return [_source(lines, f.lineno, f.end_lineno) for f in _functions(module_text)]
+
+
+def docstring_pairs(module_text: str) -> list[tuple[str, str]]:
+  """(docstring, code) of every module- or class-level function that has a docstring and
+  more code than it: the NL-PL pairs of CodeT5's bimodal dual generation (Wang et al. 2021
+  §3.2, there from CodeSearchNet). The code is the function without its docstring."""
+  lines = module_text.split("\n")
+  pairs = []
+  for f in _functions(module_text):
+    doc = ast.get_docstring(f)
+    if (doc and len(f.body) > 1 and f.lineno < f.body[0].lineno  # docstring on lines of
+        and f.body[0].end_lineno < f.body[1].lineno):              # its own
+      skip = range(f.body[0].lineno, f.body[0].end_lineno + 1)
+      pairs.append((doc, _source(lines, f.lineno, f.end_lineno, skip)))
+  return pairs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,7 +149,7 @@ def _packed_source(data_cfg, split: str, corpus: dict, tokenizer: Tokenizer, tok
                     tokenizer.eos_id, packing)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     _save_npz(path, arrays)
-  if len(arrays["tokens"]) == 0:
+  if len(next(iter(arrays.values()))) == 0:  # rows of "tokens", or of an objective's own
     raise ValueError(f"{data_cfg.source} split {split!r} has fewer than seq_len="
                      f"{data_cfg.seq_len} tokens" + (" or no usable examples" if examples else ""))
   return PackedTextSource(arrays)
