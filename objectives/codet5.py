@@ -17,6 +17,10 @@ tokens. Every example has the same static shapes: encoder length seq_len (MSP an
 inputs are shorter and padded), decoder length `objective.target_len` (IT examples leave it
 empty). MIP masks identifiers in order of first occurrence while their sentinel + tokens
 fit in target_len and sentinels last (model.extra_ids); later ones stay visible.
+
+`codet5_bimodal` is the paper's second stage (§3.2, bimodal dual generation): on
+(docstring, function) pairs, each example is NL->PL or PL->NL with equal probability,
+trained with span corruption's decoder loss on the same model.
 """
 from __future__ import annotations
 
