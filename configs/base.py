@@ -14,7 +14,7 @@ KEY_DOCS: dict[str, str] = {
     "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
-    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm.",
+    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm, multi_token, ftp, next_block.",
     "objective.mask_rate": "mlm: fraction of tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
@@ -23,8 +23,10 @@ KEY_DOCS: dict[str, str] = {
     "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",
     "objective.noise_density": "span_corruption: fraction of tokens dropped from the encoder input into noise spans (T5: 0.15).",
     "objective.mean_span_length": "span_corruption: mean noise-span length in tokens (T5: 3); each span becomes one sentinel.",
+    "objective.future_decay": "multi_token / ftp: the loss for token t+k is weighted decay^(k-1) in the average over the N future tokens (1.0 = plain mean, Gloeckle et al.; FTP decays).",
+    "objective.block_size": "next_block: tokens per block; attention is bidirectional inside a block and causal across blocks (blocks = positions // block_size, restarting per packed segment), and each token predicts the one block_size ahead.",
     # model
-    "model.name": "Registered model builder: transformer (text encoder or decoder), encoder_decoder (T5-style) or mae.",
+    "model.name": "Registered model builder: transformer (text encoder or decoder), encoder_decoder (T5-style), mae, multi_token (trunk + N one-block heads) or ftp (encoder + pseudo-sequence decoder).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
@@ -48,7 +50,8 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_layers": "MAE decoder depth.",
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
-    "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
+    "model.num_decoder_layers": "encoder_decoder, ftp: decoder depth (num_layers is the encoder's).",
+    "model.num_future": "multi_token: number of output heads, head k predicting token t+k (num_layers is the shared trunk's depth); ftp: pseudo-sequence length = tokens predicted per position.",
     "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
