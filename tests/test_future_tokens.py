@@ -383,8 +383,9 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expect
 
 @pytest.mark.parametrize("recipe", ["multi_token", "ftp", "next_block"])
 def test_tiny_recipe_trains_through_main(tmp_path, recipe):
-  args = ["--config.train.steps=30", "--config.train.log_every=5",
-          "--config.train.checkpoint_every=30", "--config.train.eval_every=30"]
+  args = ["--config.train.steps=20", "--config.train.log_every=5",
+          "--config.train.checkpoint_every=20", "--config.train.eval_every=20",
+          "--config.train.global_batch=8"]
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny",
                         f"--workdir={tmp_path}", *args]) == 0
   records = read_metrics(str(tmp_path))
