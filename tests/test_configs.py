@@ -26,7 +26,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("bioptimus", v) for v in ("tiny", "base")]
             + [("drbert", v) for v in ("tiny", "base")]
             + [("unixcoder", v) for v in ("tiny", "base")]
-            + [("ernie3", v) for v in ("tiny", "10b")])
+            + [("ernie3", v) for v in ("tiny", "10b")]
+            + [("multi_token", v) for v in ("tiny", "7B")]
+            + [("ftp", v) for v in ("tiny", "gpt2-small")]
+            + [("next_block", v) for v in ("tiny", "700M", "1.2B", "3B")])
 
 
 def load(recipe: str, variant: str):
