@@ -17,6 +17,7 @@ import ml_collections
 from configs.base import flatten_keys
 from pretrain import sharding
 from pretrain.data import pipeline
+from pretrain.data.packing import PACKINGS
 from pretrain.data.tokenizer import KINDS as TOKENIZER_KINDS
 from pretrain.optim import SCHEDULES
 from pretrain.registry import MODELS, OBJECTIVES
@@ -207,6 +208,8 @@ def _validate_text(config: ml_collections.ConfigDict, default_tokenizer: str) ->
   _require(kind in TOKENIZER_KINDS, f"data.tokenizer={kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
   for key in ("seq_len", "vocab_size"):
     _require(d[key] > 0, f"data.{key}={d[key]}: must be > 0")
+  packing = d.get("packing") or "concat"
+  _require(packing in PACKINGS, f"data.packing={packing!r}; valid: {', '.join(PACKINGS)}")
   if config.model.get("pos_emb") == "learned":
     _require(d.seq_len <= config.model.max_len,
              f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}, the "
@@ -229,7 +232,8 @@ def check_workdir(workdir: str) -> None:
 # A resumed run must agree on these or its checkpoint cannot mean the same thing; any other
 # difference (steps, logging, mesh, threads) is allowed and reported.
 RUN_IDENTITY = ("objective.", "model.", "data.source", "data.path", "data.tfds_name",
-                "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len", "seed")
+                "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len",
+                "data.packing", "data.phases", "seed")
 
 
 def _leaf_values(config: ml_collections.ConfigDict) -> dict:
@@ -238,7 +242,8 @@ def _leaf_values(config: ml_collections.ConfigDict) -> dict:
     value = config
     for part in key.split("."):
       value = value[part]
-    flat[key] = list(value) if isinstance(value, tuple) else value
+    # As config.json stores it: tuples at any depth become lists.
+    flat[key] = json.loads(json.dumps(value)) if isinstance(value, (tuple, list)) else value
   return flat
 
 
