@@ -53,6 +53,7 @@ class Objective:
   modality: str = ""  # "text" or "image": which data builder feeds it
   unit: str = ""      # "tokens" or "images": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
+  models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any
 
   def host_transform(self, config: ml_collections.ConfigDict, info: DataInfo):
     """A grain RandomMap (or None) applied to each clean example on the host."""

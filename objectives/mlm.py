@@ -184,6 +184,7 @@ def max_slots(config, seq_len: int) -> int:
 
 @base.register("mlm")
 class MaskedLM(base.Objective):
+  models = ("transformer", "transformer_extra_ids")
   modality = "text"
   unit = "tokens"
   tokenizer = "wordpiece"

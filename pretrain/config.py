@@ -176,6 +176,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(os.path.isdir(config.init_from.path),
              f"init_from.path={config.init_from.path!r}: no such directory")
   objective = OBJECTIVES.get(config.objective.name)
+  _require(not objective.models or config.model.name in objective.models,
+           f"model.name={config.model.name!r} cannot run objective {objective.name!r}; "
+           f"valid: {', '.join(objective.models)}")
   sources = pipeline.TEXT_SOURCES if objective.modality == "text" else pipeline.IMAGE_SOURCES
   _require(config.data.source in sources,
            f"data.source={config.data.source!r} cannot feed objective {objective.name!r} "
