@@ -34,7 +34,9 @@ class DistillMLM(mlm.MaskedLM):
     loss = base.weighted_mean(base.soft_cross_entropy(logits, target), weights)
     _, accuracy = base.token_loss(logits, batch["masked_ids"], weights)
     agree = (jnp.argmax(logits, -1) == jnp.argmax(target, -1)).astype(jnp.float32)
-    return loss, {"mlm_accuracy": accuracy,
+    # The loss's floor: loss - teacher_entropy is KL(teacher || student).
+    entropy = base.weighted_mean(base.soft_cross_entropy(target, target), weights)
+    return loss, {"mlm_accuracy": accuracy, "teacher_entropy": entropy,
                   "teacher_agreement": base.weighted_mean(agree, weights)}
 
   def forward_flops_per_example(self, config, info, model_cfg):
