@@ -185,7 +185,7 @@ def sharded_abstract_state(run: Run):
 
 def make_train_step(run: Run, shardings):
   """jit(state, batch) -> (state, metrics): grad accumulation over micro-batches."""
-  objective, config, accum = run.objective, run.config, run.config.train.grad_accum
+  config, accum = run.config, run.config.train.grad_accum
   loss = _loss_fn(run)
   grad_fn = jax.value_and_grad(loss, has_aux=True)  # Only the student's params: argnum 0.
 

@@ -4,6 +4,7 @@ tokenizer, paper sizes by parameter count, and both tiny recipes through `pretra
 (MiniLM with the real all-MiniLM-L6-v2 as teacher)."""
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 
@@ -20,7 +21,8 @@ from models.attention import attention_mask
 from models.transformer import TextTransformer, TransformerConfig
 from objectives import minilm, mlm
 from objectives.base import DataInfo, ModelDef, Teacher, kl_divergence
-from pretrain import checkpoint, main as main_lib, sharding, train
+from pretrain import aot, checkpoint, main as main_lib, sharding, train
+from pretrain import config as config_lib
 from pretrain.data.packing import pack_documents
 from pretrain.data.tokenizer import load_tokenizer_file
 from pretrain.registry import MODELS, OBJECTIVES
@@ -352,8 +354,8 @@ def test_pretrained_distillation_tiny_through_main(tmp_path, capsys):
                         "--config.train.eval_every=0"]) == 0
   common = [f"--config={ROOT}/configs/pd.py:tiny", f"--workdir={student_dir}",
             f"--config.teacher.path={teacher_dir}", "--config.train.log_every=5",
-            "--config.train.eval_every=0", "--config.train.checkpoint_every=30"]
-  assert main_lib.main([*common, "--config.train.steps=30"]) == 0
+            "--config.train.eval_every=0", "--config.train.checkpoint_every=20"]
+  assert main_lib.main([*common, "--config.train.steps=20"]) == 0
   assert "teacher: 73 matched, 0 reshaped->fresh, 0 fresh, 0 unused" in capsys.readouterr().out
   records = [r for r in train.read_metrics(str(student_dir)) if "loss" in r]
   kl = [r["loss"] - r["teacher_entropy"] for r in records]  # >= 0, 0 = the teacher's
@@ -361,6 +363,15 @@ def test_pretrained_distillation_tiny_through_main(tmp_path, capsys):
   # Resume: a moved-away teacher run must not matter, the checkpoint holds the teacher.
   os.rename(teacher_dir, tmp_path / "gone")
   os.makedirs(teacher_dir)
-  assert main_lib.main([*common, "--config.train.steps=31"]) == 0
+  assert main_lib.main([*common, "--config.train.steps=21"]) == 0
   out = capsys.readouterr().out
   assert "resumed from" in out and "teacher:" not in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed")
+def test_distillation_step_with_its_teacher_compiles_for_a_tpu_slice():
+  """`pretrain.aot` compiles the step with the teacher in the state, sharded over 16 chips."""
+  config = config_lib.load_config_file(f"{ROOT}/configs/pd.py:tiny")
+  config_lib.apply_override(config, "topology", "v5e-16")
+  report = aot.compile_step(config, "pd:tiny")
+  assert report.fits and report.chips == 16 and report.model_flops > 0
