@@ -17,7 +17,7 @@ from flax import nnx
 import objectives  # noqa: F401  (registers objectives)
 from configs import minilm as minilm_recipe
 from configs import pd as pd_recipe
-from models.attention import attention_mask
+from models.attention import attention_logits, attention_mask
 from models.transformer import TextTransformer, TransformerConfig
 from objectives import minilm, mlm
 from objectives.base import DataInfo, ModelDef, Teacher, kl_divergence
@@ -298,6 +298,37 @@ def test_tokenizer_file_is_the_teachers_without_truncation_or_padding():
   assert word_start[0] and word_start.sum() == 40 * 8  # "summer's" and "day?" are words.
   with pytest.raises(ValueError, match="lacks the special tokens"):
     load_tokenizer_file(path, "bpe")
+
+
+@needs_minilm
+def test_imported_minilm_teacher_matches_transformers_attention():
+  """The teacher MiniLM distils, read through pretrain.hf, has HF BertModel's last-layer
+  attention probabilities and hidden states (token type 0, as ours)."""
+  torch = pytest.importorskip("torch", reason="needs the hf extra (torch)")
+  transformers = pytest.importorskip("transformers", reason="needs the hf extra")
+  from pretrain.hf import convert
+
+  imported = convert.import_hf(MINILM_DIR)
+  with nnx.use_eager_sharding(False):
+    graphdef, state = nnx.split(TextTransformer(imported.config, rngs=nnx.Rngs(0)), nnx.Param)
+  params = nnx.to_pure_dict(state)
+  flat = convert.by_path(params)
+  missing = {name.split("/")[0] for name in set(flat) - set(imported.params)}
+  assert missing == {"head_dense", "head_norm", "logits_bias"}  # a BertModel has no MLM head
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: imported.params.get(jax.tree_util.keystr(p, simple=True, separator="/"), x),
+      params)
+  tok = load_tokenizer_file(os.path.join(MINILM_DIR, "tokenizer.json"), "wordpiece")
+  ids = tok.encode("to be, or not to be, that is the question")[0][None]
+  net = ModelDef(graphdef).bind(params)
+  q, k, _ = net.last_attention_qkv(ids, mask=None)
+  ours = np.asarray(jax.nn.softmax(attention_logits(q, k, None), -1))
+  hidden = np.asarray(net(ids, mask=None))
+  hf = transformers.BertModel.from_pretrained(MINILM_DIR, attn_implementation="eager").eval()
+  with torch.no_grad():
+    out = hf(torch.as_tensor(ids, dtype=torch.long), output_attentions=True)
+  np.testing.assert_allclose(ours, out.attentions[-1].numpy(), atol=2e-5)
+  np.testing.assert_allclose(hidden, out.last_hidden_state.numpy(), atol=2e-4)
 
 
 def _param_count(config) -> int:
