@@ -117,7 +117,7 @@ def ema_update(teacher, params, momentum: jax.Array):
 def initial_params(config: ml_collections.ConfigDict, state: dict, console):
   """The teacher params a fresh run starts from: loaded from teacher.path onto the state's
   (sharded) teacher, else, for an EMA teacher, a copy of the (possibly `init_from`-loaded)
-  student. Raises ValueError when a frozen teacher has nothing to load."""
+  student. Raises ValueError when nothing at teacher.path fits the teacher model."""
   from pretrain import checkpoint  # orbax; only a training run needs it
 
   t = config.teacher
