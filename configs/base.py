@@ -14,15 +14,28 @@ KEY_DOCS: dict[str, str] = {
     "seed": "Seeds parameter init, data shuffling/corruption and the step RNG.",
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
-    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm.",
+    "objective.name": "Registered objective (see `objectives/`): mlm, causal_lm, mae, span_corruption, prefix_lm, bart, e2s2.",
     "objective.mask_rate": "mlm: fraction of tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
     "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
+    "objective.curriculum": "mlm: masking phases ((start_step, strategy, rate), ...): from each start step on, strategy (token, whole_word or span: SpanBERT whole-word spans, Geometric(0.2) lengths truncated to 1-10 words) and rate replace whole_word and mask_rate (BIOptimus). The step is the global example index // train.global_batch; evaluation batches count from 0.",
+    "objective.mode_probs": "unixcoder: probabilities of the (enc, dec, e2d) modes a row is drawn in: bidirectional MLM, causal LM, prefix-to-rest LM.",
     "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
     "objective.norm_pix_loss": "mae: regress per-patch normalized pixels (MAE's best setting).",
     "objective.noise_density": "span_corruption: fraction of tokens dropped from the encoder input into noise spans (T5: 0.15).",
     "objective.mean_span_length": "span_corruption: mean noise-span length in tokens (T5: 3); each span becomes one sentinel.",
+    "objective.infill_rate": "bart, e2s2: fraction of each document's tokens covered by text-infilling spans, each span replaced by one [MASK] (BART: 0.3; E2S2: 0.15); at most 0.5.",
+    "objective.poisson_lambda": "bart, e2s2: infilling span lengths ~ Poisson(lambda), zero-length spans insert a [MASK] (BART: 3).",
+    "objective.permute_rate": "bart, e2s2: fraction of each document's sentences shuffled among their places (BART: 1.0 = all); sentences end at tokens ending in '.', '!' or '?'.",
+    "objective.token_mask_rate": "bart, e2s2: fraction of tokens replaced one-for-one by [MASK] (BART's token-masking ablation).",
+    "objective.delete_rate": "bart, e2s2: fraction of tokens deleted from the encoder input (BART's token-deletion ablation).",
+    "objective.rotate_rate": "bart, e2s2: probability that a document is rotated to start at a random token (BART's document-rotation ablation).",
+    "objective.shuffle_rate": "e2s2: fraction of seq_len tokens in adjacent pairs swapped in the encoder input, to be restored by the encoder (E2S2: 0.05).",
+    "objective.random_rate": "e2s2: fraction of seq_len tokens replaced by a random other token in the encoder input, to be restored by the encoder (E2S2: 0.05).",
+    "objective.denoise_weight": "e2s2: weight of the encoder-denoising cross-entropy (E2S2 code: 0.05).",
+    "objective.contrastive_weight": "e2s2: weight of the encoder InfoNCE between noised and clean rows (E2S2 code: 0.05).",
+    "objective.contrastive_temperature": "e2s2: InfoNCE temperature on cosine similarities of mean-pooled encoder states (E2S2 code: 1.0).",
     # model
     "model.name": "Registered model builder: transformer (text encoder or decoder), encoder_decoder (T5-style) or mae.",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
@@ -33,6 +46,7 @@ KEY_DOCS: dict[str, str] = {
     "model.max_len": "Largest position the learned position table covers.",
     "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
+    "model.norm_type": "Text models' norm layers: layernorm (BERT, GPT-2) or rmsnorm (Llama: scale only, no centering or bias).",
     "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu') or swiglu.",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
@@ -49,9 +63,15 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
     "model.num_decoder_layers": "encoder_decoder: decoder depth (num_layers is the encoder's).",
-    "model.extra_ids": "encoder_decoder: ids added above the tokenizer's vocabulary for span-corruption sentinels (T5: 100).",
+    "model.mlm_decoder_layers": "drbert: transformer blocks between the encoder and the MLM output layer, used in pretraining only (the exported encoder has none).",
+    "model.branch_layers": "multi_branch: depth of each task branch (ERNIE 3.0's AE and AR task-specific networks) on the shared backbone.",
+    "model.branch_d_model": "multi_branch: branch width; linear projections map backbone states down into each branch and back up when it differs from d_model.",
+    "model.branch_heads": "multi_branch: attention heads of each branch.",
+    "model.branch_d_ff": "multi_branch: MLP hidden width of each branch.",
+    "model.extra_ids": "encoder_decoder / transformer_extra_ids: ids added above the tokenizer's vocabulary, for span-corruption sentinels (T5: 100) or UniXcoder's 3 mode tokens.",
     # data
-    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds. Images: fashion_mnist, image_folder, tfds.",
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds.",
+    "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
     "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",
     "data.tfds_data_dir": "tfds data_dir (local path or gs://bucket/...) for source=tfds.",
@@ -60,6 +80,7 @@ KEY_DOCS: dict[str, str] = {
     "data.tokenizer_file": "An existing HF tokenizer.json to encode with instead of training one (e.g. a teacher's, so student and teacher share ids); data.tokenizer names its kind (which special tokens it must have), data.vocab_size is then ignored. '' = train one.",
     "data.vocab_size": "Tokenizer vocabulary size.",
     "data.seq_len": "Tokens per packed sequence.",
+    "data.packing": "How documents become rows: concat (join with end-of-document ids, cut every seq_len; no padding), first_fit_decreasing or best_fit (whole documents per row, longer ones cut into seq_len pieces, rest padded; Prepacking-style bin packing).",
     "data.cache_dir": "Where tokenizers, packed arrays and downloaded corpora are cached ('' = $PRETRAIN_CACHE or ~/.cache/pretrain).",
     "data.num_threads": "grain read threads per process.",
     "data.prefetch": "grain prefetch buffer (batches).",
@@ -90,6 +111,14 @@ KEY_DOCS: dict[str, str] = {
     "mesh.fsdp": "Fully-sharded data-parallel axis size: params sharded, batch split.",
     "mesh.tensor": "Tensor-parallel axis size: heads / MLP / vocab split.",
     "sharding_rules": "Logical axis -> mesh axes, as (name, axes) pairs; see pretrain/sharding.py.",
+    # evaluators (pretrain/evaluation; `python -m pretrain.evaluate` runs them on demand)
+    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn.",
+    "evaluate.every": "Steps between evaluator runs (0 = only after the last step).",
+    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
+    "evaluate.train_examples": "Labelled examples the probe / kNN memory is fit on (class-balanced, fixed sample).",
+    "evaluate.test_examples": "Held-out labelled examples the probe / kNN is scored on.",
+    "evaluate.knn_k": "Neighbours voting in the kNN evaluator (votes weighted by exp(cosine / 0.07)).",
+    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe.",
     # continued pretraining
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
@@ -117,6 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False))
+  c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
            tfds_data_dir="", feature="", tokenizer_file=""))
@@ -127,9 +157,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(
       dict(lr=1e-4, schedule="linear", warmup_steps=100, end_lr_fraction=0.0,
            weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0))
+  c.data.packing = "concat"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))
+  c.evaluate = ml_collections.ConfigDict(
+      dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
+           probe_steps=300))
   c.teacher = ml_collections.ConfigDict(dict(
       kind="none", path="", step=-1, model=ml_collections.ConfigDict(), ema_momentum=0.996,
       ema_schedule="cosine"))

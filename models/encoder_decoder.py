@@ -81,15 +81,26 @@ class EncoderDecoder(TextTransformer):
                enc_positions: jax.Array, dec_positions: jax.Array) -> jax.Array:
     """enc_* (B, Le), dec_* (B, Ld); segment ids 0 = padding, and the same id on both sides
     names the same packed example -> decoder hidden (B, Ld, D)."""
-    enc_mask = attention_mask("bidirectional", segment_ids=enc_segment_ids)
-    context = self.stack(self.embed_tokens(enc_tokens, enc_positions), mask=enc_mask,
-                         positions=enc_positions)  # (B, Le, D)
-    self_mask = attention_mask("causal", segment_ids=dec_segment_ids)
-    cross_mask = attention_mask("bidirectional", segment_ids=dec_segment_ids,
+    context = self.encode(enc_tokens, segment_ids=enc_segment_ids, positions=enc_positions)
+    return self.decode(dec_tokens, context, segment_ids=dec_segment_ids,
+                       positions=dec_positions, enc_segment_ids=enc_segment_ids)
+
+  def encode(self, tokens: jax.Array, *, segment_ids: jax.Array,
+             positions: jax.Array) -> jax.Array:
+    """Encoder states (B, Le, D), bidirectional within each packed segment (E2S2 puts its
+    encoder-side losses on them)."""
+    mask = attention_mask("bidirectional", segment_ids=segment_ids)
+    return self.stack(self.embed_tokens(tokens, positions), mask=mask, positions=positions)
+
+  def decode(self, tokens: jax.Array, context: jax.Array, *, segment_ids: jax.Array,
+             positions: jax.Array, enc_segment_ids: jax.Array) -> jax.Array:
+    """Decoder states (B, Ld, D): causal self-attention, cross-attention to `context`."""
+    self_mask = attention_mask("causal", segment_ids=segment_ids)
+    cross_mask = attention_mask("bidirectional", segment_ids=segment_ids,
                                 kv_segment_ids=enc_segment_ids)  # (B, 1, Ld, Le)
-    x = self.embed_tokens(dec_tokens, dec_positions)
+    x = self.embed_tokens(tokens, positions)
     for block in self.dec_blocks:
-      x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=dec_positions)
+      x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=positions)
     return x if self.dec_norm is None else constrain(self.dec_norm(x), ACT)
 
 

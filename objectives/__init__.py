@@ -1,3 +1,3 @@
 """One file per pretraining objective; importing this package registers them all."""
-from objectives import (causal_lm, distill_mlm, mae, minilm, mlm, prefix_lm,  # noqa: F401
-                        span_corruption)
+from objectives import (bart, causal_lm, distill_mlm, drbert, e2s2, ernie3, mae,  # noqa: F401
+                        minilm, mlm, prefix_lm, span_corruption, unixcoder)

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from models.attention import attention_mask
+
 
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
@@ -31,6 +33,7 @@ class DataInfo:
   pad_id: int = 0
   mask_id: int = -1
   special_ids: tuple[int, ...] = ()
+  sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
   image_shape: tuple[int, ...] = ()  # (H, W, C)
 
 
@@ -86,6 +89,36 @@ class Objective:
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming a bad objective.* value; called before any compile."""
+
+  # How the trained model reads clean text for `features`: "bidirectional" for an encoder,
+  # "causal" for a decoder; "" = no text features (image objectives override `features`).
+  feature_mask: str = ""
+
+  def has_features(self) -> bool:
+    return bool(self.feature_mask) or type(self).features is not Objective.features
+
+  def features(self, params, batch: dict[str, jax.Array], *, model: ModelDef,
+               config: ml_collections.ConfigDict) -> jax.Array:
+    """(B, D) float32 representations of clean examples, for probes and kNN.
+
+    Text rows (tokens, segment_ids, positions) go through the embedding and the (encoder)
+    stack with `feature_mask`, mean-pooled over non-padding tokens. Image objectives
+    override this for `batch["image"]`.
+    """
+    if not self.feature_mask:
+      raise NotImplementedError(f"objective {self.name!r} defines no features")
+    net = model.bind(params)
+    segment_ids, positions = batch["segment_ids"], batch["positions"]
+    hidden = net.stack(net.embed_tokens(batch["tokens"], positions), positions=positions,
+                       mask=attention_mask(self.feature_mask, segment_ids=segment_ids))
+    return mean_pool(hidden, segment_ids > 0)
+
+
+def mean_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
+  """hidden (B, L, D), valid (B, L) bool -> mean over the valid positions (B, D) float32."""
+  weights = valid.astype(np.float32)[..., None]
+  total = (hidden.astype(np.float32) * weights).sum(1)
+  return total / jax.numpy.maximum(weights.sum(1), 1.0)
 
 
 def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:

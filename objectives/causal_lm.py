@@ -26,6 +26,7 @@ class CausalLM(base.Objective):
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"
+  feature_mask = "causal"
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng

@@ -57,6 +57,14 @@ class MaskedAutoencoder(base.Objective):
     target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
     return masked_mse(pred, target, mask), {}
 
+  def features(self, params, batch, *, model, config):
+    """The encoder on every patch (no masking), mean-pooled over patch tokens."""
+    net = model.bind(params)
+    patches = patchify(batch["image"], net.cfg.patch_size)  # (B, N, P)
+    every = jnp.broadcast_to(jnp.arange(patches.shape[1]), patches.shape[:2])
+    tokens = net.encode(patches, every)[:, net.cfg.num_prefix:]  # (B, N, D)
+    return base.mean_pool(tokens, jnp.ones(tokens.shape[:2], bool))
+
   def units_per_example(self, config, info):
     return 1
 

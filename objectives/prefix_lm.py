@@ -50,6 +50,7 @@ class PrefixLM(base.Objective):
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"
+  feature_mask = "causal"
 
   def host_transform(self, config, info):
     return PrefixSplit()

@@ -139,6 +139,7 @@ class SpanCorruptionLM(base.Objective):
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"
+  feature_mask = "bidirectional"
 
   def validate(self, config):
     o = config.objective

@@ -129,6 +129,8 @@ def abstract_batch(run: train.Run) -> dict[str, jax.ShapeDtypeStruct]:
     example = image_example(np.zeros(info.image_shape, np.uint8), 0)
   transform = run.objective.host_transform(run.config, info)
   if transform is not None:
+    if getattr(transform, "wants_example_index", False):  # as pipeline.make_iterator adds
+      example["example_index"] = np.int64(0)
     example = transform.random_map(example, np.random.default_rng(0))
   batch_sharding = sharding.batch_sharding(run.mesh)
   return {k: jax.ShapeDtypeStruct((run.config.train.global_batch, *np.shape(v)),

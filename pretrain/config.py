@@ -136,6 +136,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks values that would otherwise fail late (after data loading or compile)."""
   import objectives  # noqa: F401  (registers objectives)
   import pretrain.model_builders  # noqa: F401  (registers models)
+  from pretrain.evaluation import evaluators
 
   _require(config.objective.name in OBJECTIVES,
            f"objective.name={config.objective.name!r}; valid: {', '.join(OBJECTIVES.names())}")
@@ -191,6 +192,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       _require(section.name in MODELS, f"teacher.model.name={section.name!r}; valid: "
                f"{', '.join(MODELS.names())}")
       MODELS.get(section.name).validate(section)
+    evaluators.validate(config, objective)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -215,6 +217,8 @@ def _validate_text(config: ml_collections.ConfigDict, default_tokenizer: str) ->
   if d.get("tokenizer_file"):
     _require(os.path.isfile(d.tokenizer_file),
              f"data.tokenizer_file={d.tokenizer_file!r}: no such file (an HF tokenizer.json)")
+    _require(d.source != "phases", "data.tokenizer_file is not supported with "
+             "data.source='phases' (its tokenizer is trained on every phase's corpus)")
   if config.model.get("pos_emb") == "learned":
     _require(d.seq_len <= config.model.max_len,
              f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}, the "

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -57,7 +59,8 @@ class TransformerBuilder:
     size = decode_size(model_cfg)
     return TransformerConfig(
         vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
-        pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, activation=model_cfg.activation,
+        pos_emb=model_cfg.pos_emb, norm=model_cfg.norm, norm_type=model_cfg.norm_type,
+        activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
         head_transform=model_cfg.head_transform, embed_norm=model_cfg.embed_norm,
         ln_eps=model_cfg.ln_eps, **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
@@ -75,6 +78,8 @@ class MaeBuilder:
   def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
     if model_cfg.embed_norm:
       raise ValueError("model.embed_norm is for text models; the ViT has no embedding norm")
+    if model_cfg.norm_type != "layernorm":
+      raise ValueError(f"model.norm_type={model_cfg.norm_type!r}: the ViT/MAE uses layernorm")
     size = decode_size(model_cfg)
     patch = tuple(model_cfg.patch_size) if any(model_cfg.patch_size) else size.get("patch_size")
     if not patch:
@@ -114,3 +119,47 @@ MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
 MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
 
+
+
+class DrBertBuilder(TransformerBuilder):
+  """BERT encoder + pretraining-only MLM decoder blocks (`model.mlm_decoder_layers`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> DrBertConfig:
+    return DrBertConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                        mlm_decoder_layers=model_cfg.mlm_decoder_layers)
+
+  def build(self, cfg: DrBertConfig, rngs):
+    return DrBert(cfg, rngs=rngs)
+
+
+MODELS.register("drbert")(DrBertBuilder())
+
+
+class ExtraIdsTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` whose vocabulary gains `model.extra_ids` ids above the tokenizer's
+  (UniXcoder's mode tokens), as the encoder-decoder's does for T5's sentinels."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=info.vocab_size + model_cfg.extra_ids)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("transformer_extra_ids")(ExtraIdsTransformerBuilder())
+
+
+class MultiBranchBuilder(TransformerBuilder):
+  """Shared backbone + AE and AR branches (ERNIE 3.0): `MultiBranchTransformer`; the
+  branches' sizes are `model.branch_*`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiBranchConfig:
+    return MultiBranchConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                             branch_layers=model_cfg.branch_layers,
+                             branch_d_model=model_cfg.branch_d_model,
+                             branch_heads=model_cfg.branch_heads,
+                             branch_d_ff=model_cfg.branch_d_ff)
+
+  def build(self, cfg: MultiBranchConfig, rngs):
+    return MultiBranchTransformer(cfg, rngs=rngs)
+
+
+MODELS.register("multi_branch")(MultiBranchBuilder())

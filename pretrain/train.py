@@ -34,6 +34,7 @@ from objectives.base import DataInfo, ModelDef, Objective, Teacher
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain import teacher as teacher_lib
 from pretrain.data import pipeline
+from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
 
 # EX_TEMPFAIL: the run was stopped on purpose with its state saved; rerun the same command.
@@ -70,7 +71,8 @@ def build_data(config, objective: Objective):
     train_source, tok = pipeline.build_text_dataset(config.data, "train", kind)
     eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind)
     info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids))
+                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids),
+                    sentence_end_ids=tok.sentence_end_ids())
   else:
     train_source = pipeline.build_image_dataset(config.data, "train")
     eval_source = pipeline.build_image_dataset(config.data, "validation")
@@ -250,21 +252,20 @@ def _loss_fn(run: Run):
   return loss
 
 
-MODEL_STATE = ("params", "teacher")  # What evaluation reads from the state.
-
-
-def make_eval_step(run: Run, shardings):
-  """jit(state's params and teacher, batch) -> metrics with a fixed rng, so evaluations are
-  comparable. `shardings`: the train state's."""
+def make_eval_step(run: Run, param_shardings):
+  """jit(params, batch, teacher params or None) -> metrics with a fixed rng, so evaluations
+  are comparable."""
   rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
   loss = _loss_fn(run)
+  teacher = None if run.teacher is None else sharding.param_shardings(
+      run.teacher.abstract_params, run.mesh, run.rules)
 
-  def step(models, batch):
-    value, aux = loss(models["params"], batch, rng, models.get("teacher"))
+  def step(params, batch, teacher_params):
+    value, aux = loss(params, batch, rng, teacher_params)
     return {"loss": value, **aux}
 
-  models = {k: v for k, v in shardings.items() if k in MODEL_STATE}
-  return jax.jit(step, in_shardings=(models, sharding.batch_sharding(run.mesh)),
+  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh),
+                                     teacher),
                  out_shardings=sharding.replicated(run.mesh))
 
 
@@ -276,13 +277,14 @@ def make_iterator(run: Run, source, *, shuffle: bool):
       prefetch=run.config.data.prefetch, shuffle=shuffle)
 
 
-def evaluate(run: Run, eval_step, state) -> dict[str, float]:
-  """Mean metrics over train.eval_steps batches of the held-out split."""
+def evaluate(run: Run, eval_step, params, teacher=None) -> dict[str, float]:
+  """Mean metrics over train.eval_steps batches of the held-out split (`teacher`: the
+  state's teacher params, for distillation objectives)."""
   it = make_iterator(run, run.eval_source, shuffle=False)
-  models = {k: v for k, v in state.items() if k in MODEL_STATE}
   totals: dict[str, float] = {}
   for _ in range(run.config.train.eval_steps):
-    out = jax.device_get(eval_step(models, sharding.global_batch(next(it), run.mesh)))
+    out = jax.device_get(eval_step(params, sharding.global_batch(next(it), run.mesh),
+                                   teacher))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v) / run.config.train.eval_steps
   return {f"eval_{k}": v for k, v in totals.items()}
@@ -334,10 +336,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             raise config_lib.ConfigError(str(e)) from None
           state = {**state, "teacher": teacher}
       train_step = make_train_step(run, shardings)
-      eval_step = make_eval_step(run, shardings) if t.eval_every else None
+      eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
       start = int(jax.device_get(state["step"]))
-      return _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak,
-                   preempted)
+      evaluators = evaluators_lib.build(run)
+      return _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
+                   writer, peak, preempted)
   finally:
     writer.close()
     ckpt.close()
@@ -389,8 +392,13 @@ def _check_finite(state, policy: str, ckpt) -> None:
         f"{ckpt.directory} are untouched")
 
 
-def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, peak_info,
-          preempted):
+def _log_scores(writer, done: int, what: str, scores: dict[str, float]) -> None:
+  writer.write(done, scores)
+  writer.console(f"{what} step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt, writer,
+          peak_info, preempted):
   t, objective = run.config.train, run.objective
   peak, peak_source = peak_info
   flops = 3 * objective.forward_flops_per_example(run.config, run.info, run.model_cfg)
@@ -421,10 +429,14 @@ def _loop(run, state, start, data_iter, train_step, eval_step, ckpt, writer, pea
       writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
                                                step_time * (t.steps - done)))
     if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
-      scores = evaluate(run, eval_step, state)
-      writer.write(done, scores)
-      writer.console(f"eval step {done}: " + ", ".join(f"{k} {v:.4f}"
-                                                       for k, v in scores.items()))
+      scores = evaluate(run, eval_step, state["params"], state.get("teacher"))
+      _log_scores(writer, done, "eval", scores)
+      last.update(scores)
+      meter.restart()
+    every = run.config.evaluate.every
+    if evaluators and ((every and done % every == 0) or done == t.steps):
+      scores = evaluators_lib.run_all(evaluators, state)
+      _log_scores(writer, done, "evaluators", scores)
       last.update(scores)
       meter.restart()
     stop = _should_stop(preempted, done, t)

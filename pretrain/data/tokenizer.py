@@ -53,6 +53,13 @@ class Tokenizer:
   def decode(self, ids, skip_special: bool = False) -> str:
     return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+  def sentence_end_ids(self) -> tuple[int, ...]:
+    """Ids of the non-special tokens whose text ends in '.', '!' or '?' (trailing
+    whitespace aside): where BART's sentence permutation splits a document."""
+    special = set(self.special_ids.tolist())
+    return tuple(i for i in range(self.vocab_size) if i not in special
+                 and self.hf.decode([i]).rstrip().endswith((".", "!", "?")))
+
 
 def _ids_and_word_starts(text: str, encoding) -> tuple[np.ndarray, np.ndarray]:
   """Word starts from character offsets: a token starts a word when its first non-space

@@ -1,0 +1,1 @@
+"""Evaluators of pretrained representations: built-in labelled tasks, probes, the registry."""
