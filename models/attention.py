@@ -42,6 +42,14 @@ def _segment_prefix(q_idx, k_idx, prefix_len, is_prefix):
   return (k_idx <= q_idx)[None] | jnp.asarray(is_prefix, bool)[:, None, :]  # (B, Lq, Lk)
 
 
+def _block_causal(q_idx, k_idx, prefix_len, is_prefix):
+  """Causal over blocks (semi-autoregressive, Ren et al. 2025): `attention_mask` passes
+  each token's block id as its index, q_idx (B, Lq, 1) and k_idx (B, 1, Lk), so a block
+  sees itself bidirectionally and every earlier block, never a later one."""
+  del prefix_len, is_prefix
+  return k_idx <= q_idx  # (B, Lq, Lk)
+
+
 # kind -> f(q_idx (Lq, 1), k_idx (1, Lk), prefix_len (B,) | None, is_prefix (B, Lk) | None)
 # -> bool (B|1, Lq, Lk).
 # Positions are array indices: packed segments restart their positions but keep index order.
@@ -50,6 +58,7 @@ _KINDS: dict[str, Callable] = {
     "causal": _causal,
     "prefix": _prefix,
     "segment_prefix": _segment_prefix,
+    "block_causal": _block_causal,
 }
 
 
@@ -62,6 +71,7 @@ def attention_mask(
     prefix_len: jax.Array | None = None,
     kv_segment_ids: jax.Array | None = None,
     is_prefix: jax.Array | None = None,
+    block_ids: jax.Array | None = None,
 ) -> jax.Array:
   """Boolean mask (B, 1, Lq, Lk); True = may attend.
 
@@ -69,7 +79,9 @@ def attention_mask(
   segment, so packed sequences cannot see each other and padding keys are never attended.
   kv_segment_ids (B, Lk) gives the keys' segments when they differ from the queries'
   (cross-attention). is_prefix (B, Lk) bool marks the keys every query of their segment sees
-  ("segment_prefix"). Without segment ids, `length` (and optionally `batch`) give the shape.
+  ("segment_prefix"). block_ids (B, L) int gives each token's block for "block_causal"
+  (e.g. positions // block_size, restarting per segment, or a video frame index; ids must
+  not decrease along a segment). Without segment ids, `length` (and optionally `batch`) give the shape.
   """
   if kind not in _KINDS:
     raise ValueError(f"unknown attention mask kind {kind!r}; valid: {sorted(_KINDS)}")
@@ -82,6 +94,10 @@ def attention_mask(
     raise ValueError("attention_mask needs segment_ids or length")
   q_idx = jnp.arange(lq)[:, None]  # (Lq, 1)
   k_idx = jnp.arange(lk)[None, :]  # (1, Lk)
+  if kind == "block_causal":
+    if block_ids is None:
+      raise ValueError("attention_mask('block_causal') needs block_ids of shape (B, L)")
+    q_idx, k_idx = block_ids[:, :, None], block_ids[:, None, :]  # (B, Lq, 1), (B, 1, Lk)
   mask = _KINDS[kind](q_idx, k_idx, prefix_len, is_prefix)  # (B|1, Lq, Lk)
   if segment_ids is not None:
     same = segment_ids[:, :, None] == kv_segment_ids[:, None, :]  # (B, Lq, Lk)

@@ -13,10 +13,12 @@ from models.transformer import transformer_flops_per_token
 from objectives import base
 
 
-def next_token_targets(tokens, segment_ids):
-  """(targets (B, L), weights (B, L)): token t+1 where it is in t's segment."""
-  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-  next_segment = jnp.concatenate([segment_ids[:, 1:], jnp.zeros_like(segment_ids[:, :1])], 1)
+def next_token_targets(tokens, segment_ids, offset: int = 1):
+  """(targets (B, L), weights (B, L)): token t+offset where it is in t's segment (offset 0:
+  the token itself, weighted where it is not padding)."""
+  targets = jnp.concatenate([tokens[:, offset:], jnp.zeros_like(tokens[:, :offset])], axis=1)
+  next_segment = jnp.concatenate([segment_ids[:, offset:],
+                                  jnp.zeros_like(segment_ids[:, :offset])], 1)
   weights = (segment_ids > 0) & (next_segment == segment_ids)
   return targets, weights.astype(jnp.float32)
 

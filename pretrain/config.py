@@ -17,6 +17,7 @@ import ml_collections
 from configs.base import flatten_keys
 from pretrain import sharding, teacher as teacher_lib
 from pretrain.data import pipeline
+from pretrain.data.packing import PACKINGS
 from pretrain.data.tokenizer import KINDS as TOKENIZER_KINDS
 from pretrain.optim import SCHEDULES
 from pretrain.registry import MODELS, OBJECTIVES
@@ -219,6 +220,8 @@ def _validate_text(config: ml_collections.ConfigDict, default_tokenizer: str) ->
              f"data.tokenizer_file={d.tokenizer_file!r}: no such file (an HF tokenizer.json)")
     _require(d.source != "phases", "data.tokenizer_file is not supported with "
              "data.source='phases' (its tokenizer is trained on every phase's corpus)")
+  packing = d.get("packing") or "concat"
+  _require(packing in PACKINGS, f"data.packing={packing!r}; valid: {', '.join(PACKINGS)}")
   if config.model.get("pos_emb") == "learned":
     _require(d.seq_len <= config.model.max_len,
              f"data.seq_len={d.seq_len} exceeds model.max_len={config.model.max_len}, the "
@@ -241,8 +244,8 @@ def check_workdir(workdir: str) -> None:
 # A resumed run must agree on these or its checkpoint cannot mean the same thing; any other
 # difference (steps, logging, mesh, threads) is allowed and reported.
 RUN_IDENTITY = ("objective.", "model.", "data.source", "data.path", "data.tfds_name",
-                "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len", "seed",
-                "teacher.kind", "teacher.model.")
+                "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len",
+                "data.packing", "data.phases", "seed", "teacher.kind", "teacher.model.")
 
 
 def _leaf_values(config: ml_collections.ConfigDict) -> dict:
@@ -251,7 +254,8 @@ def _leaf_values(config: ml_collections.ConfigDict) -> dict:
     value = config
     for part in key.split("."):
       value = value[part]
-    flat[key] = list(value) if isinstance(value, tuple) else value
+    # As config.json stores it: tuples at any depth become lists.
+    flat[key] = json.loads(json.dumps(value)) if isinstance(value, (tuple, list)) else value
   return flat
 
 

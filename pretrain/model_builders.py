@@ -12,6 +12,8 @@ from models import variants
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
+from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
+                                  MultiTokenLM)
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
@@ -163,3 +165,32 @@ class MultiBranchBuilder(TransformerBuilder):
 
 
 MODELS.register("multi_branch")(MultiBranchBuilder())
+
+
+class MultiTokenBuilder(TransformerBuilder):
+  """Shared trunk + `model.num_future` one-block heads (Gloeckle et al. 2024):
+  `MultiTokenLM`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiTokenConfig:
+    return MultiTokenConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                            num_future=model_cfg.num_future)
+
+  def build(self, cfg: MultiTokenConfig, rngs):
+    return MultiTokenLM(cfg, rngs=rngs)
+
+
+class FutureTokenBuilder(TransformerBuilder):
+  """FTP (Walker 2024): causal encoder + `model.num_decoder_layers`-block decoder over a
+  `model.num_future`-vector pseudo-sequence: `FutureTokenLM`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> FutureTokenConfig:
+    return FutureTokenConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                             dec_layers=model_cfg.num_decoder_layers,
+                             num_future=model_cfg.num_future)
+
+  def build(self, cfg: FutureTokenConfig, rngs):
+    return FutureTokenLM(cfg, rngs=rngs)
+
+
+MODELS.register("multi_token")(MultiTokenBuilder())
+MODELS.register("ftp")(FutureTokenBuilder())

@@ -27,6 +27,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("drbert", v) for v in ("tiny", "base")]
             + [("unixcoder", v) for v in ("tiny", "base")]
             + [("ernie3", v) for v in ("tiny", "10b")]
+            + [("multi_token", v) for v in ("tiny", "7B")]
+            + [("ftp", v) for v in ("tiny", "gpt2-small")]
+            + [("next_block", v) for v in ("tiny", "700M", "1.2B", "3B")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
             + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
 

@@ -46,7 +46,9 @@ def _balanced(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> n
 
 def _split_text(name: str, classes, texts: list[str], labels: list[int],
                 train_examples: int, test_examples: int) -> LabelledTask:
-  labels = np.asarray(labels, np.int32)
+  first = dict(zip(reversed(texts), reversed(range(len(texts)))))  # text -> first index
+  keep = sorted(first.values())  # Repeated texts (stdlib has some) would sit in both sets.
+  texts, labels = [texts[i] for i in keep], np.asarray(labels, np.int32)[keep]
   # Salted with the task name: independent of the pretraining corpora's own held-out split
   # (the same unsalted hash), so a corpus made of task passages still has a validation part.
   test = corpora.heldout_mask([f"{name}\n{t}" for t in texts], TEST_FRACTION)
