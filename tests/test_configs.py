@@ -32,7 +32,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("next_block", v) for v in ("tiny", "700M", "1.2B", "3B")]
             + [("codet5", v) for v in ("tiny", "small", "base")]
             + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
-            + [("graphcodebert", v) for v in ("tiny", "base")])
+            + [("graphcodebert", v) for v in ("tiny", "base")]
+            + [("minilm", v) for v in ("tiny", "L6_H768")]
+            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
 
 
 def load(recipe: str, variant: str):
