@@ -110,11 +110,13 @@ def _packed_batch(method: str, rows: int = 3) -> dict[str, np.ndarray]:
 
 def _mask_args(batch: dict[str, np.ndarray]) -> dict:
   """Every optional argument any mask kind takes, with values that stress isolation: a
-  prefix reaching into later segments, and random prefix flags."""
+  prefix reaching into later segments, random prefix flags, and blocks of 4 positions
+  (positions restart per segment, so a block never spans two)."""
   rng = np.random.default_rng(0)
   b, length = batch["tokens"].shape
   return {"prefix_len": jnp.full((b,), length - 3),
-          "is_prefix": jnp.asarray(rng.random((b, length)) < 0.5)}
+          "is_prefix": jnp.asarray(rng.random((b, length)) < 0.5),
+          "block_ids": jnp.asarray(batch["positions"] // 4)}
 
 
 @pytest.mark.parametrize("kind", sorted(attention._KINDS))
