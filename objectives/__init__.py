@@ -2,3 +2,4 @@
 from objectives import (bart, causal_lm, codet5, drbert, e2s2, ernie3, ftp,  # noqa: F401
                         graphcodebert, mae, mlm, multi_token, next_block, prefix_lm,
                         span_corruption, unixcoder)
+from objectives import decoder_span_corruption, encoder_decoder_prefix_lm  # noqa: F401

@@ -32,7 +32,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("next_block", v) for v in ("tiny", "700M", "1.2B", "3B")]
             + [("codet5", v) for v in ("tiny", "small", "base")]
             + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
-            + [("graphcodebert", v) for v in ("tiny", "base")])
+            + [("graphcodebert", v) for v in ("tiny", "base")]
+            + [("arch_grid", f"{size}{cell}") for size in ("tiny:", "")
+               for cell in ("cd_flm", "cd_mlm", "nd_plm", "nd_mlm", "ed_plm", "ed_mlm")])
 
 
 def load(recipe: str, variant: str):
