@@ -54,6 +54,7 @@ class DecoderRow(grain.transforms.RandomMap):
 
 @base.register("decoder_span_corruption")
 class DecoderSpanCorruption(PrefixLM):
+  """`prefix_lm`'s loss on span-corrupted rows; the mask follows objective.decoder_mask."""
 
   def validate(self, config):
     SpanCorruptionLM().validate(config)  # noise_density, mean_span_length, extra_ids

@@ -44,6 +44,7 @@ class PrefixToEncoder(grain.transforms.RandomMap):
 
 @base.register("encoder_decoder_prefix_lm")
 class EncoderDecoderPrefixLM(SpanCorruptionLM):
+  """`span_corruption`'s encoder-decoder loss on prefix / rest splits."""
 
   def validate(self, config):
     if config.data.seq_len < 2:
