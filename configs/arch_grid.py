@@ -1,5 +1,5 @@
 """The architecture x objective grid of Wang et al. 2022, "What Language Model Architecture
-and Pretraining Objective Work Best for Zero-Shot Generalization?" (§3).
+and Pretraining Objective Work Best for Zero-Shot Generalization?".
 
   python -m pretrain.main --config=configs/arch_grid.py:tiny:nd_mlm --workdir=runs/nd_mlm
 
@@ -15,14 +15,16 @@ rotary) and one vocabulary (tokenizer + 100 sentinel ids), so the three decoder 
 the same params: a checkpoint of one loads fully into another with `init_from.path`, as the
 paper's adaptations (CD:FLM -> ND:MLM, ND -> CD) need.
 
-Paper size (§3.4, and the authors' t5x configs `dec_xxl.gin` / `enc_dec_xxl.gin`, T5.1.1
+Paper size (the paper's setup, and the authors' t5x configs `dec_xxl.gin` / `enc_dec_xxl.gin`, T5.1.1
 XXL's shape): decoder-only 24 layers, d_model 4096, 64 heads of 64, gated-GELU MLP of
 10,240: 4.8B params; the encoder-decoder has 24 + 24 such layers (each token still passes
 24 layers): 11B. Input and output embeddings are tied here: that counts 4.76B and 11.01B,
 where T5.1.1's untied ones would count 4.89B and 11.14B; the paper gives only the rounded
-figures, so which one it had we cannot tell. Inputs 512 and targets 114 tokens (T5's span-corruption lengths of a
-568-token clean text); full and prefix LM rows take 512 + 114 = 626 tokens. 131,072 steps
-of 2,048 rows x 626 tokens = 168B tokens.
+figures, so which one it had we cannot tell. Inputs 512 and targets 114 tokens (T5's
+span-corruption lengths of a 568-token clean text); full and prefix LM rows take
+512 + 114 = 626 tokens. 168B tokens = 131,072 steps of 2,048 rows x 626 tokens (our
+reading of the paper's setup; every cell runs the same steps and batch, so the MLM cells
+consume 568 clean tokens per row).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from configs.base import base_config, tiny_schedule
 # the same three matrices, so the same param count), Adafactor with the inverse-square-root
 # schedule (AdamW), the final EOS of inputs and targets (so MLM rows are 511 + 113 = 624
 # positions, not 626), C4 (the built-in corpora instead), the multitask finetuning and
-# zero-shot evaluation the paper compares the cells by, and the ED:MLM -> ED:PLM and
-# ND -> CD "LM adaptation" runs as recipes (they are `init_from` runs of these cells).
+# zero-shot evaluation the paper compares the cells by, and its adaptation runs (ND:MLM ->
+# CD:FLM, CD:FLM -> ND:MLM) as named recipes: they are `init_from` runs of these cells.
 NOT_IMPLEMENTED = ("relative_position_bias", "gated_gelu", "adafactor",
                    "inverse_sqrt_schedule", "target_eos", "c4", "multitask_finetuning",
                    "zero_shot_evaluation", "adaptation_recipes")

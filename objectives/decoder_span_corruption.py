@@ -1,7 +1,7 @@
 """T5 span corruption on a decoder-only model: the causal-decoder and non-causal-decoder
 "MLM" cells of Wang et al. 2022, "What Language Model Architecture and Pretraining
-Objective Work Best for Zero-Shot Generalization?" (§3.2: a decoder-only model reads the
-span-corrupted inputs and the targets concatenated, and is trained on the targets only).
+Objective Work Best for Zero-Shot Generalization?": a decoder-only model reads the
+span-corrupted inputs and the targets concatenated, and is trained on the targets only.
 
 The existing `SpanCorruption` transform corrupts the packed clean row; each segment's
 corrupted inputs are then followed by its own targets, [inputs_1 ; targets_1 ; inputs_2 ;

@@ -1,7 +1,6 @@
 """Prefix language modelling on an encoder-decoder: the "ED:PLM" cell of Wang et al. 2022,
 "What Language Model Architecture and Pretraining Objective Work Best for Zero-Shot
-Generalization?" (§3.2: the encoder reads a prefix of the text, the decoder predicts the
-rest).
+Generalization?": the encoder reads a prefix of the text, the decoder predicts the rest.
 
 Each packed segment is split as `prefix_lm` splits it (`segment_prefix`: p uniform in
 [1, n - 1]); the prefixes, in row order, are the encoder inputs and the rests the decoder

@@ -271,7 +271,7 @@ def _load(variant):
   return config_lib.load_config_file(os.path.join(ROOT, "configs", f"arch_grid.py:{variant}"))
 
 
-# Wang et al. 2022 (§3.4): decoder-only models 4.8B params, encoder-decoders 11B.
+# Wang et al. 2022: decoder-only models 4.8B params, encoder-decoders 11B.
 @pytest.mark.parametrize("cell,paper", [("cd_flm", 4.8e9), ("nd_mlm", 4.8e9),
                                         ("ed_plm", 11e9), ("ed_mlm", 11e9)])
 def test_paper_sizes_build_abstractly_with_the_paper_param_count(cell, paper):
