@@ -85,6 +85,7 @@ KEY_DOCS: dict[str, str] = {
     "data.tfds_data_dir": "tfds data_dir (local path or gs://bucket/...) for source=tfds.",
     "data.feature": "Feature key holding the text or image in tfds / jsonl records.",
     "data.tokenizer": "Tokenizer trained on the corpus and cached: wordpiece (BERT) or bpe (GPT-2 byte-level).",
+    "data.tokenizer_file": "An existing HF tokenizer.json to encode with instead of training one (e.g. a teacher's, so student and teacher share ids); data.tokenizer names its kind (which special tokens it must have), data.vocab_size is then ignored. '' = train one.",
     "data.vocab_size": "Tokenizer vocabulary size.",
     "data.seq_len": "Tokens per packed sequence.",
     "data.packing": "How documents become rows: concat (join with end-of-document ids, cut every seq_len; no padding), first_fit_decreasing or best_fit (whole documents per row, longer ones cut into seq_len pieces, rest padded; Prepacking-style bin packing).",
@@ -130,6 +131,19 @@ KEY_DOCS: dict[str, str] = {
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
     "init_from.subtree": "Only load params under this '/'-separated prefix (e.g. 'stack'); '' = all.",
+    # teacher (distillation; pretrain/teacher.py)
+    "teacher.kind": "none, frozen (loaded from teacher.path, never updated) or ema (a moving average of the student, updated after each optimizer step); distillation objectives need one, the others refuse one.",
+    "teacher.path": "Workdir or checkpoint directory of a run, or a Hugging Face directory, the teacher's params are loaded from when a run starts fresh (a resume restores the teacher from the checkpoint). '' = none (an EMA teacher then starts as the student).",
+    "teacher.step": "Checkpoint step of teacher.path to load (-1 = latest; -1 for a Hugging Face directory).",
+    "teacher.ema_momentum": "ema: momentum m at step 0 of teacher <- m * teacher + (1 - m) * student (BYOL 0.996).",
+    "teacher.ema_schedule": "ema: constant (m throughout) or cosine (m raised to 1 along a half cosine over train.steps, BYOL/DINO).",
+    "teacher.model.variant": "The teacher's model.variant where it differs from the student's (teacher.model.* keys override the student's model.* for the teacher).",
+    "teacher.model.num_layers": "The teacher's model.num_layers (0 = its variant's).",
+    "teacher.model.d_model": "The teacher's model.d_model (0 = its variant's).",
+    "teacher.model.num_heads": "The teacher's model.num_heads (0 = its variant's).",
+    "teacher.model.d_ff": "The teacher's model.d_ff (0 = its variant's).",
+    "teacher.model.activation": "The teacher's model.activation.",
+    "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
 }
 
 
@@ -143,7 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
-           tfds_data_dir="", feature=""))
+           tfds_data_dir="", feature="", tokenizer_file=""))
   c.train = ml_collections.ConfigDict(
       dict(steps=1000, global_batch=32, grad_accum=1, log_every=10, eval_every=0,
            eval_steps=4, checkpoint_every=500, keep_checkpoints=3,
@@ -158,6 +172,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate = ml_collections.ConfigDict(
       dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
            probe_steps=300))
+  c.teacher = ml_collections.ConfigDict(dict(
+      kind="none", path="", step=-1, model=ml_collections.ConfigDict(), ema_momentum=0.996,
+      ema_schedule="cosine"))
   return c
 
 

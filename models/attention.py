@@ -107,12 +107,11 @@ def attention_mask(
   return mask[:, None]  # (B, 1, Lq, Lk)
 
 
-def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
-) -> jax.Array:
-  """Softmax attention; q (B, Lq, H, D), k/v (B, Lk, H, D), mask bool (B, 1, Lq, Lk).
+def attention_logits(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Scaled, masked dot products (B, H, Lq, Lk) in float32; q (B, Lq, H, D), k (B, Lk, H, D).
 
-  Logits and softmax in float32 whatever the compute dtype; output in q's dtype.
+  Masked entries hold a large finite negative, so a log-softmax over them stays finite
+  (MiniLM's KL between attention distributions relies on that).
   """
   # Plain einsums (not models.precision.mixed_einsum): XLA:CPU cannot run the batched
   # bf16 x bf16 -> f32 dots of their transpose at real sizes ("Unsupported element type for
@@ -121,8 +120,16 @@ def dot_product_attention(
   logits = jnp.einsum(
       "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32
   ) * scale  # (B, H, Lq, Lk)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return logits if mask is None else jnp.where(mask, logits, _MASK_VALUE)
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+) -> jax.Array:
+  """Softmax attention; q (B, Lq, H, D), k/v (B, Lk, H, D), mask bool (B, 1, Lq, Lk).
+
+  Logits and softmax in float32 whatever the compute dtype; output in q's dtype.
+  """
+  probs = jax.nn.softmax(attention_logits(q, k, mask), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
   return out.astype(q.dtype)  # (B, Lq, H, D)

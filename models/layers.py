@@ -185,6 +185,9 @@ class Embed(nnx.Module):
     return mixed_einsum("...d,vd->...v", x.astype(dtype), self.table[...].astype(dtype))
 
 
+_HEADS = ("batch", "length", "act_heads", "act_kv")
+
+
 class MultiHeadAttention(nnx.Module):
   """Self-attention with head-shaped projections; rotary applied to q, k when set."""
 
@@ -202,6 +205,12 @@ class MultiHeadAttention(nnx.Module):
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None,
                positions: jax.Array | None) -> jax.Array:
+    q, k, v = self.project(x, positions)
+    out = constrain(dot_product_attention(q, k, v, mask), _HEADS)  # (B, L, H, D)
+    return self.out(out)  # (B, L, D)
+
+  def project(self, x: jax.Array, positions: jax.Array | None):
+    """x (B, L, D) -> q, k, v (B, L, H, Dh), rotary applied (what MiniLM distils)."""
     if self.fused_qkv:
       qkv = self.qkv(x)  # (B, L, 3, H, D)
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -209,7 +218,4 @@ class MultiHeadAttention(nnx.Module):
       q, k, v = self.query(x), self.key(x), self.value(x)  # (B, L, H, D)
     if self.rotary:
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
-    names = ("batch", "length", "act_heads", "act_kv")
-    q, k, v = (constrain(t, names) for t in (q, k, v))
-    out = constrain(dot_product_attention(q, k, v, mask), names)  # (B, L, H, D)
-    return self.out(out)  # (B, L, D)
+    return tuple(constrain(t, _HEADS) for t in (q, k, v))

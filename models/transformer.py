@@ -91,6 +91,11 @@ class Block(nnx.Module):
       x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ACT)
 
+  def attention_qkv(self, x: jax.Array, *, positions):
+    """The q, k, v (B, L, H, Dh) this block's self-attention computes from its input x."""
+    return self.attn.project(constrain(x, ACT) if self.post_norm else self.attn_norm(x),
+                             positions)
+
 
 class TransformerStack(nnx.Module):
   """`num_layers` blocks over embeddings; pre-LN ends with a final norm.
@@ -133,6 +138,18 @@ class TransformerStack(nnx.Module):
       for block in self.blocks:
         x = apply(x, block)
     return x if self.final_norm is None else constrain(self.final_norm(x), ACT)
+
+  def last_attention_qkv(self, x: jax.Array, *, mask: jax.Array | None,
+                         positions: jax.Array | None = None):
+    """q, k, v (B, L, H, Dh) of the last block's self-attention (MiniLM distils its
+    relations); the blocks before it run as in `__call__`, the last block's output is never
+    computed. Unscanned stacks only: a scanned stack carries no per-layer outputs."""
+    if self.scan_layers:
+      raise ValueError("last_attention_qkv needs model.scan_layers=false")
+    *first, last = self.blocks
+    for block in first:
+      x = block(x, mask=mask, positions=positions)
+    return last.attention_qkv(x, positions=positions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +219,14 @@ class TextTransformer(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return self.stack(self.embed_tokens(tokens, positions), mask=mask, positions=positions)
+
+  def last_attention_qkv(self, tokens: jax.Array, *, mask: jax.Array | None,
+                         positions: jax.Array | None = None):
+    """Like `__call__`, but -> q, k, v (B, L, H, Dh) of the last block's self-attention."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return self.stack.last_attention_qkv(self.embed_tokens(tokens, positions), mask=mask,
+                                         positions=positions)
 
   def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens, positions (B, L) -> (B, L, D) in the compute dtype: token + absolute

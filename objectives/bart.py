@@ -213,6 +213,7 @@ def bart_flops(model_cfg, seq_len: int) -> float:
 
 @base.register("bart")
 class Bart(base.Objective):
+  models = ("encoder_decoder",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"  # §5.1: GPT-2's byte-level BPE

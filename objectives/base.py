@@ -6,6 +6,10 @@ clean example, deterministic from (seed, example index), and (b) a pure
 data it eats (`modality`), what throughput is counted in (`unit`) and the forward FLOPs
 of one example, so MFU knows that e.g. an MAE encoder sees only the visible patches.
 The trainer only ever calls these methods: it never branches on an objective's name.
+
+Distillation objectives set `uses_teacher`; the trainer then passes `teacher=` (a
+`Teacher`: the frozen or EMA teacher's structure and params, see pretrain/teacher.py) to
+`loss_fn`. Objectives without a teacher keep the original signature.
 """
 from __future__ import annotations
 
@@ -46,6 +50,18 @@ class ModelDef:
     return nnx.merge(self.graphdef, params)
 
 
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """The teacher a distillation objective learns from: its structure and its params (no
+  gradient reaches them: the trainer stops it and the optimizer never sees them)."""
+
+  model: ModelDef
+  params: Any
+
+  def bind(self) -> nnx.Module:
+    return self.model.bind(self.params)
+
+
 class Objective:
   """Base class; subclasses register an instance with `@register("name")`."""
 
@@ -53,6 +69,8 @@ class Objective:
   modality: str = ""  # "text" or "image": which data builder feeds it
   unit: str = ""      # "tokens" or "images": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
+  models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any
+  uses_teacher: bool = False  # loss_fn takes `teacher=` and needs teacher.kind != none
 
   def host_transform(self, config: ml_collections.ConfigDict, info: DataInfo):
     """A grain RandomMap (or None) applied to each clean example on the host."""
@@ -68,6 +86,7 @@ class Objective:
 
   def loss_fn(self, params, batch: dict[str, jax.Array], rng: jax.Array, *,
               model: ModelDef, config: ml_collections.ConfigDict):
+    """(scalar loss, metrics); objectives with `uses_teacher` also take `teacher: Teacher`."""
     raise NotImplementedError
 
   def units_per_example(self, config: ml_collections.ConfigDict, info: DataInfo) -> int:
@@ -126,6 +145,21 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   picked = jax.numpy.einsum("...v,...v->...", logits,
                             jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype))
   return logz - picked
+
+
+def soft_cross_entropy(logits: jax.Array, target_logits: jax.Array) -> jax.Array:
+  """Per-position -sum_v softmax(target) * log softmax(logits) in float32, over the last
+  axis: cross-entropy against a teacher's soft labels (Hinton et al. 2015)."""
+  target = jax.nn.softmax(target_logits.astype(np.float32), axis=-1)
+  return -(target * jax.nn.log_softmax(logits.astype(np.float32), axis=-1)).sum(-1)
+
+
+def kl_divergence(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  """Per-position KL(softmax(target) || softmax(logits)) in float32, over the last axis.
+  Entries masked with a large finite negative get probability 0 and add exactly 0."""
+  target_logp = jax.nn.log_softmax(target_logits.astype(np.float32), axis=-1)
+  logp = jax.nn.log_softmax(logits.astype(np.float32), axis=-1)
+  return (jax.numpy.exp(target_logp) * (target_logp - logp)).sum(-1)
 
 
 def token_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array):

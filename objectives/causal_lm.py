@@ -25,6 +25,7 @@ def next_token_targets(tokens, segment_ids, offset: int = 1):
 
 @base.register("causal_lm")
 class CausalLM(base.Objective):
+  models = ("transformer", "transformer_extra_ids")
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

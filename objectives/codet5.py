@@ -142,6 +142,7 @@ def binary_loss(logits, labels, weights):
 @base.register("codet5")
 class CodeT5(SpanCorruptionLM):
   """Span corruption's settings and checks, plus the identifier tasks."""
+  models = ("encoder_decoder_tagger",)
 
   def validate(self, config):
     super().validate(config)  # noise_density, mean_span_length, extra_ids

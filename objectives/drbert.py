@@ -13,12 +13,7 @@ from objectives.mlm import MaskedLM
 
 @base.register("drbert")
 class DrBertMLM(MaskedLM):
-
-  def validate(self, config):
-    super().validate(config)
-    if config.model.name != "drbert":
-      raise ValueError(f"objective.name='drbert' needs model.name='drbert' (an encoder with "
-                       f"an MLM decoder), got {config.model.name!r}")
+  models = ("drbert",)
 
   def forward_flops_per_example(self, config, info, model_cfg):
     decoder = stack_flops_per_token(model_cfg.block, model_cfg.mlm_decoder_layers,

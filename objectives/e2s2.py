@@ -119,6 +119,7 @@ def info_nce(a: jax.Array, b: jax.Array, temperature: float):
 
 @base.register("e2s2")
 class E2S2(base.Objective):
+  models = ("encoder_decoder",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

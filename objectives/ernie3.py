@@ -36,12 +36,7 @@ class WithCleanTokens(grain.transforms.RandomMap):
 
 @base.register("ernie3")
 class Ernie3(MaskedLM):
-
-  def validate(self, config):
-    super().validate(config)
-    if config.model.name != "multi_branch":
-      raise ValueError(f"objective.name='ernie3' needs model.name='multi_branch', got "
-                       f"{config.model.name!r}")
+  models = ("multi_branch",)
 
   def host_transform(self, config, info):
     return WithCleanTokens(super().host_transform(config, info))

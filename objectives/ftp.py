@@ -31,12 +31,13 @@ def decoder_inputs(tokens, targets, weights):
 
 @base.register("ftp")
 class FutureTokenPrediction(base.Objective):
+  models = ("ftp",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"
 
   def validate(self, config):
-    validate_future(config, "ftp")
+    validate_future(config)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng

@@ -225,6 +225,7 @@ def embed_with_nodes(net, inputs, positions, align) -> jax.Array:
 
 @base.register("graphcodebert")
 class GraphCodeBERT(base.Objective):
+  models = ("transformer",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

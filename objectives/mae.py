@@ -38,6 +38,7 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
 
 @base.register("mae")
 class MaskedAutoencoder(base.Objective):
+  models = ("mae",)
   modality = "image"
   unit = "images"
 

@@ -107,6 +107,14 @@ class MlmMasking(grain.transforms.RandomMap):
     }
 
 
+def masked_logits(net, batch) -> jnp.ndarray:
+  """Vocabulary logits (B, K, V) at the K prediction slots of an `MlmMasking` batch."""
+  mask = attention_mask("bidirectional", segment_ids=batch["segment_ids"])
+  hidden = net(batch["inputs"], positions=batch["positions"], mask=mask)  # (B, L, D)
+  picked = jnp.take_along_axis(hidden, batch["masked_positions"][..., None], axis=1)
+  return net.logits(picked)
+
+
 def _fill(groups, budget: int, length: int) -> np.ndarray:
   """Sorted positions of the groups taken in order, skipping any that would overshoot the
   budget, until it is met (or the groups run out)."""
@@ -184,6 +192,7 @@ def max_slots(config, seq_len: int) -> int:
 
 @base.register("mlm")
 class MaskedLM(base.Objective):
+  models = ("transformer", "transformer_extra_ids")
   modality = "text"
   unit = "tokens"
   tokenizer = "wordpiece"
@@ -216,11 +225,7 @@ class MaskedLM(base.Objective):
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng  # All randomness is on the host.
-    net = model.bind(params)
-    mask = attention_mask("bidirectional", segment_ids=batch["segment_ids"])
-    hidden = net(batch["inputs"], positions=batch["positions"], mask=mask)  # (B, L, D)
-    picked = jnp.take_along_axis(hidden, batch["masked_positions"][..., None], axis=1)
-    logits = net.logits(picked)  # (B, K, V)
+    logits = masked_logits(model.bind(params), batch)
     loss, accuracy = base.token_loss(logits, batch["masked_ids"], batch["masked_weights"])
     return loss, {"mlm_accuracy": accuracy}
 

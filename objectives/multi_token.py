@@ -40,12 +40,8 @@ def future_token_loss(logits, targets, weights, decay: float):
   return loss, metrics
 
 
-def validate_future(config, model_name: str) -> None:
-  """The checks multi_token and ftp share: their model, N and the head decay."""
-  name = config.objective.name
-  if config.model.name != model_name:
-    raise ValueError(f"objective {name!r} needs model.name={model_name!r}, got "
-                     f"{config.model.name!r}")
+def validate_future(config) -> None:
+  """The checks multi_token and ftp share: N and the head decay."""
   if not 1 <= config.model.num_future < config.data.seq_len:
     raise ValueError(f"model.num_future={config.model.num_future}: must be in "
                      f"[1, data.seq_len={config.data.seq_len})")
@@ -56,12 +52,13 @@ def validate_future(config, model_name: str) -> None:
 
 @base.register("multi_token")
 class MultiToken(base.Objective):
+  models = ("multi_token",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"
 
   def validate(self, config):
-    validate_future(config, "multi_token")
+    validate_future(config)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng

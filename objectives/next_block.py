@@ -21,6 +21,7 @@ from objectives.causal_lm import next_token_targets
 
 @base.register("next_block")
 class NextBlock(base.Objective):
+  models = ("transformer", "transformer_extra_ids")
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

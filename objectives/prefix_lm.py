@@ -47,6 +47,7 @@ def prefix_lm_targets(tokens, segment_ids, is_prefix):
 
 @base.register("prefix_lm")
 class PrefixLM(base.Objective):
+  models = ("transformer", "transformer_extra_ids")
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

@@ -136,6 +136,7 @@ def shift_right(targets, segment_ids, start_id: int):
 
 @base.register("span_corruption")
 class SpanCorruptionLM(base.Objective):
+  models = ("encoder_decoder",)
   modality = "text"
   unit = "tokens"
   tokenizer = "bpe"

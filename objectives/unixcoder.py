@@ -94,6 +94,7 @@ class UnifiedModes(grain.transforms.RandomMap):
 @base.register("unixcoder")
 class UniXcoder(MaskedLM):
   """The `mlm` keys configure [ENC]'s masking; `objective.mode_probs` the mode mix."""
+  models = ("transformer_extra_ids",)
   tokenizer = "bpe"
 
   def validate(self, config):

@@ -19,10 +19,12 @@ import time
 from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from pretrain.hf import convert as hf_convert
+from pretrain.model_builders import padded_vocab
 
 STATE, DATA = "state", "data"
 
@@ -181,8 +183,8 @@ class InitReport:
   missing: list[str]         # absent from the source: left fresh
   unused: list[str]          # in the source but not in the target
 
-  def summary(self) -> str:
-    lines = [f"init_from: {len(self.matched)} matched, {len(self.shape_mismatch)} "
+  def summary(self, title: str = "init_from") -> str:
+    lines = [f"{title}: {len(self.matched)} matched, {len(self.shape_mismatch)} "
              f"reshaped->fresh, {len(self.missing)} fresh, {len(self.unused)} unused"]
     for title, paths in (("fresh (shape differs)", self.shape_mismatch),
                          ("fresh (not in source)", self.missing),
@@ -229,6 +231,7 @@ def _load_hf_params(path: str, subtree: str, target_params: Any) -> tuple[dict, 
   are reported as unused."""
   imported = hf_convert.import_hf(path)
   target = _flat(target_params)
+  _pad_vocab(imported.params, target)
   report = _match(imported.params, target, subtree)
   report.unused = sorted(report.unused + imported.unused)
   loaded = {n: jax.make_array_from_callback(target[n].shape, target[n].sharding,
@@ -236,6 +239,17 @@ def _load_hf_params(path: str, subtree: str, target_params: Any) -> tuple[dict, 
             for n in report.matched}
   treedef = jax.tree.structure(target_params)
   return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
+
+
+def _pad_vocab(source: dict[str, Any], target: dict[str, Any]) -> None:
+  """HF vocab-sized tensors (embeddings, logits bias) grow zero rows up to our padded vocab
+  (model_builders.padded_vocab): ids past the tokenizer's never occur, so nothing changes."""
+  for name, array in source.items():
+    want = target.get(name)
+    if (want is not None and array.ndim and tuple(array.shape[1:]) == tuple(want.shape[1:])
+        and array.shape[0] < want.shape[0] == padded_vocab(array.shape[0])):
+      pad = [(0, want.shape[0] - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+      source[name] = np.pad(array, pad)
 
 
 def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple[dict, InitReport]:

@@ -15,7 +15,7 @@ import os
 import ml_collections
 
 from configs.base import flatten_keys
-from pretrain import sharding
+from pretrain import sharding, teacher as teacher_lib
 from pretrain.data import pipeline
 from pretrain.data.packing import PACKINGS
 from pretrain.data.tokenizer import KINDS as TOKENIZER_KINDS
@@ -176,6 +176,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(os.path.isdir(config.init_from.path),
              f"init_from.path={config.init_from.path!r}: no such directory")
   objective = OBJECTIVES.get(config.objective.name)
+  _require(not objective.models or config.model.name in objective.models,
+           f"model.name={config.model.name!r} cannot run objective {objective.name!r}; "
+           f"valid: {', '.join(objective.models)}")
   sources = pipeline.TEXT_SOURCES if objective.modality == "text" else pipeline.IMAGE_SOURCES
   _require(config.data.source in sources,
            f"data.source={config.data.source!r} cannot feed objective {objective.name!r} "
@@ -184,8 +187,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if objective.modality == "text":
     _validate_text(config, objective.tokenizer)
   try:
+    if "teacher" in config:
+      teacher_lib.validate(config, objective)
     objective.validate(config)
     MODELS.get(config.model.name).validate(config.model)
+    if teacher_lib.kind(config) != "none":
+      section = teacher_lib.model_section(config)
+      _require(section.name in MODELS, f"teacher.model.name={section.name!r}; valid: "
+               f"{', '.join(MODELS.names())}")
+      MODELS.get(section.name).validate(section)
     evaluators.validate(config, objective)
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -208,6 +218,11 @@ def _validate_text(config: ml_collections.ConfigDict, default_tokenizer: str) ->
   _require(kind in TOKENIZER_KINDS, f"data.tokenizer={kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")
   for key in ("seq_len", "vocab_size"):
     _require(d[key] > 0, f"data.{key}={d[key]}: must be > 0")
+  if d.get("tokenizer_file"):
+    _require(os.path.isfile(d.tokenizer_file),
+             f"data.tokenizer_file={d.tokenizer_file!r}: no such file (an HF tokenizer.json)")
+    _require(d.source != "phases", "data.tokenizer_file is not supported with "
+             "data.source='phases' (its tokenizer is trained on every phase's corpus)")
   packing = d.get("packing") or "concat"
   _require(packing in PACKINGS, f"data.packing={packing!r}; valid: {', '.join(PACKINGS)}")
   if config.model.get("pos_emb") == "learned":
@@ -233,7 +248,7 @@ def check_workdir(workdir: str) -> None:
 # difference (steps, logging, mesh, threads) is allowed and reported.
 RUN_IDENTITY = ("objective.", "model.", "data.source", "data.path", "data.tfds_name",
                 "data.feature", "data.tokenizer", "data.vocab_size", "data.seq_len",
-                "data.packing", "data.phases", "seed")
+                "data.packing", "data.phases", "seed", "teacher.kind", "teacher.model.")
 
 
 def _leaf_values(config: ml_collections.ConfigDict) -> dict:

@@ -8,6 +8,9 @@ Faults: a step with a non-finite loss or gradient keeps the previous params (cou
 state, checked on the host only at log/checkpoint boundaries, see `train.nonfinite`);
 SIGTERM checkpoints the current step and exits with PREEMPTED_EXIT_CODE; a checkpoint
 that no longer restores is moved aside and the previous one used (checkpoint.py).
+
+A distillation objective's teacher (pretrain/teacher.py) rides along in the state under
+"teacher": no optimizer state, no gradient, EMA-updated inside the step when it is one.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from objectives.base import DataInfo, ModelDef, Objective
+from objectives.base import DataInfo, ModelDef, Objective, Teacher
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
+from pretrain import teacher as teacher_lib
 from pretrain.data import pipeline
 from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
@@ -57,6 +61,7 @@ class Run:
   abstract_params: Any  # nnx.State of ShapeDtypeStructs carrying logical axis names
   tx: optax.GradientTransformation
   schedule: optax.Schedule
+  teacher: teacher_lib.TeacherModel | None = None
 
 
 def build_data(config, objective: Objective):
@@ -86,6 +91,10 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     model_cfg.validate()  # Now against the data's real shapes (e.g. image size vs patch).
   except (FileNotFoundError, ValueError) as e:
     raise config_lib.ConfigError(f"data.source={config.data.source!r}: {e}") from None
+  try:
+    teacher_lib.check_loadable(config)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   return build_run(config, objective, info, model_cfg, train_source, eval_source)
 
 
@@ -93,20 +102,33 @@ def build_run(config, objective: Objective, info: DataInfo, model_cfg, train_sou
               eval_source, devices=None) -> Run:
   """The Run for known data shapes: abstract model, mesh (over `devices`, default all),
   optimizer. `pretrain.aot` calls it with compile-only TPU devices and no sources."""
-  builder = MODELS.get(config.model.name)
+  model_def, abstract_params = _abstract_model(config.model.name, model_cfg)
+  teacher = None
+  if teacher_lib.kind(config) != "none":
+    name, teacher_cfg = teacher_lib.model_section(config).name, teacher_lib.model_config(
+        config, info)
+    teacher = teacher_lib.TeacherModel(config.teacher.kind, name, teacher_cfg,
+                                       *_abstract_model(name, teacher_cfg))
+  return Run(config=config, objective=objective, info=info, train_source=train_source,
+             eval_source=eval_source, mesh=sharding.make_mesh(config.mesh, devices),
+             rules=sharding.rules_tuple(config.sharding_rules),
+             model_def=model_def, model_cfg=model_cfg,
+             abstract_params=abstract_params,
+             tx=optim.make_optimizer(config.optim, config.train.steps),
+             schedule=optim.learning_rate_schedule(config.optim, config.train.steps),
+             teacher=teacher)
+
+
+def _abstract_model(name: str, model_cfg) -> tuple[ModelDef, Any]:
+  """(structure, abstract params carrying logical axis names) of a registered model."""
+  builder = MODELS.get(name)
   with nnx.use_eager_sharding(False):
     abstract = nnx.eval_shape(lambda: builder.build(model_cfg, nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
   if jax.tree.leaves(rest):
-    raise NotImplementedError(f"model {config.model.name!r} has non-param state; the "
+    raise NotImplementedError(f"model {name!r} has non-param state; the "
                               "trainer only carries params so far")
-  return Run(config=config, objective=objective, info=info, train_source=train_source,
-             eval_source=eval_source, mesh=sharding.make_mesh(config.mesh, devices),
-             rules=sharding.rules_tuple(config.sharding_rules),
-             model_def=ModelDef(graphdef), model_cfg=model_cfg,
-             abstract_params=abstract_params,
-             tx=optim.make_optimizer(config.optim, config.train.steps),
-             schedule=optim.learning_rate_schedule(config.optim, config.train.steps))
+  return ModelDef(graphdef), abstract_params
 
 
 def state_shardings(run: Run, abstract_state) -> dict:
@@ -115,23 +137,36 @@ def state_shardings(run: Run, abstract_state) -> dict:
   replicated = sharding.replicated(run.mesh)
   opt = optax.tree_map_params(run.tx, lambda _, s: s, abstract_state["opt_state"], params,
                               transform_non_params=lambda _: replicated)
-  return {"step": replicated, "params": params, "opt_state": opt, "rng": replicated,
-          "nonfinite_steps": replicated, "first_nonfinite_step": replicated}
+  shardings = {"step": replicated, "params": params, "opt_state": opt, "rng": replicated,
+               "nonfinite_steps": replicated, "first_nonfinite_step": replicated}
+  if run.teacher is not None:
+    shardings["teacher"] = sharding.param_shardings(run.teacher.abstract_params, run.mesh,
+                                                    run.rules)
+  return shardings
 
 
 def init_state_fn(run: Run):
   """A pure function rng -> fresh train state (params, optimizer state, step, rng, and the
-  count and first step (1-based, 0 = none) of steps skipped for a non-finite loss/grad)."""
-  builder = MODELS.get(run.config.model.name)
+  count and first step (1-based, 0 = none) of steps skipped for a non-finite loss/grad).
+
+  With a teacher, "teacher" holds its params: the student's for an EMA teacher, a fresh
+  init for a frozen one (a placeholder `train` replaces with the loaded teacher)."""
+
+  def build(name, model_cfg, rng):
+    with nnx.use_eager_sharding(False):
+      module = MODELS.get(name).build(model_cfg, nnx.Rngs(rng))
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
   def init(rng):
-    with nnx.use_eager_sharding(False):
-      module = builder.build(run.model_cfg, nnx.Rngs(rng))
-    params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": run.tx.init(params), "rng": rng,
-            "nonfinite_steps": jnp.zeros((), jnp.int32),
-            "first_nonfinite_step": jnp.zeros((), jnp.int32)}
+    params = build(run.config.model.name, run.model_cfg, rng)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": run.tx.init(params), "rng": rng,
+             "nonfinite_steps": jnp.zeros((), jnp.int32),
+             "first_nonfinite_step": jnp.zeros((), jnp.int32)}
+    if run.teacher is not None:
+      state["teacher"] = params if run.teacher.kind == "ema" else build(
+          run.teacher.model_name, run.teacher.model_cfg, jax.random.fold_in(rng, 1))
+    return state
 
   return init
 
@@ -153,17 +188,15 @@ def sharded_abstract_state(run: Run):
 
 def make_train_step(run: Run, shardings):
   """jit(state, batch) -> (state, metrics): grad accumulation over micro-batches."""
-  objective, config, accum = run.objective, run.config, run.config.train.grad_accum
-
-  def loss(params, batch, rng):
-    return objective.loss_fn(params, batch, rng, model=run.model_def, config=config)
-
-  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  config, accum = run.config, run.config.train.grad_accum
+  loss = _loss_fn(run)
+  grad_fn = jax.value_and_grad(loss, has_aux=True)  # Only the student's params: argnum 0.
 
   def step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
+    teacher = state.get("teacher")
     if accum == 1:
-      (loss_value, aux), grads = grad_fn(state["params"], batch, rng)
+      (loss_value, aux), grads = grad_fn(state["params"], batch, rng, teacher)
     else:
       # Micro-batch a takes rows a, a+accum, ...: every device holds a slice of each.
       micro = jax.tree.map(
@@ -171,11 +204,11 @@ def make_train_step(run: Run, shardings):
 
       def body(carry, inputs):
         mb, i = inputs
-        (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+        (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), teacher)
         return jax.tree.map(jnp.add, carry, (l, m, g)), None
 
       first = jax.tree.map(lambda x: x[0], micro)
-      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng)
+      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng, teacher)
       zeros = jax.tree.map(jnp.zeros_like, (*loss_and_aux, state["params"]))
       total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
       loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
@@ -183,15 +216,22 @@ def make_train_step(run: Run, shardings):
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
+    if run.teacher is not None and run.teacher.kind == "ema":  # After the optimizer update.
+      teacher = teacher_lib.ema_update(
+          teacher, params, teacher_lib.ema_momentum(config.teacher, state["step"],
+                                                    config.train.steps))
     # No host sync here: a bad step is undone on device and only counted.
-    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                     (params, opt_state), (state["params"], state["opt_state"]))
+    params, opt_state, teacher = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, opt_state, teacher),
+        (state["params"], state["opt_state"], state.get("teacher")))
     first_bad = state["first_nonfinite_step"]
     new_state = {
         "step": state["step"] + 1, "params": params, "opt_state": opt_state,
         "rng": state["rng"], "nonfinite_steps": state["nonfinite_steps"] + (~finite),
         "first_nonfinite_step": jnp.where(finite | (first_bad > 0), first_bad,
                                           state["step"] + 1)}
+    if run.teacher is not None:
+      new_state["teacher"] = teacher
     out = {"loss": loss_value, **aux, "grad_norm": grad_norm,
            "lr": run.schedule(state["step"]), "nonfinite_steps": new_state["nonfinite_steps"]}
     return new_state, out
@@ -200,16 +240,33 @@ def make_train_step(run: Run, shardings):
                  out_shardings=(shardings, sharding.replicated(run.mesh)), donate_argnums=0)
 
 
+def _loss_fn(run: Run):
+  """(params, batch, rng, teacher params or None) -> (loss, metrics): the objective's loss,
+  given the teacher (gradient stopped) when the run has one."""
+  objective, config = run.objective, run.config
+
+  def loss(params, batch, rng, teacher_params):
+    extra = {} if run.teacher is None else {
+        "teacher": Teacher(run.teacher.model_def, jax.lax.stop_gradient(teacher_params))}
+    return objective.loss_fn(params, batch, rng, model=run.model_def, config=config, **extra)
+
+  return loss
+
+
 def make_eval_step(run: Run, param_shardings):
-  """jit(params, batch) -> metrics with a fixed rng, so evaluations are comparable."""
+  """jit(params, batch, teacher params or None) -> metrics with a fixed rng, so evaluations
+  are comparable."""
   rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
+  loss = _loss_fn(run)
+  teacher = None if run.teacher is None else sharding.param_shardings(
+      run.teacher.abstract_params, run.mesh, run.rules)
 
-  def step(params, batch):
-    loss, aux = run.objective.loss_fn(params, batch, rng, model=run.model_def,
-                                      config=run.config)
-    return {"loss": loss, **aux}
+  def step(params, batch, teacher_params):
+    value, aux = loss(params, batch, rng, teacher_params)
+    return {"loss": value, **aux}
 
-  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh)),
+  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh),
+                                     teacher),
                  out_shardings=sharding.replicated(run.mesh))
 
 
@@ -221,12 +278,14 @@ def make_iterator(run: Run, source, *, shuffle: bool):
       prefetch=run.config.data.prefetch, shuffle=shuffle)
 
 
-def evaluate(run: Run, eval_step, params) -> dict[str, float]:
-  """Mean metrics over train.eval_steps batches of the held-out split."""
+def evaluate(run: Run, eval_step, params, teacher=None) -> dict[str, float]:
+  """Mean metrics over train.eval_steps batches of the held-out split (`teacher`: the
+  state's teacher params, for distillation objectives)."""
   it = make_iterator(run, run.eval_source, shuffle=False)
   totals: dict[str, float] = {}
   for _ in range(run.config.train.eval_steps):
-    out = jax.device_get(eval_step(params, sharding.global_batch(next(it), run.mesh)))
+    out = jax.device_get(eval_step(params, sharding.global_batch(next(it), run.mesh),
+                                   teacher))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v) / run.config.train.eval_steps
   return {f"eval_{k}": v for k, v in totals.items()}
@@ -271,6 +330,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                                                   config.init_from.subtree, state["params"])
           state = {**state, "params": params}
           writer.console(report.summary())
+        if run.teacher is not None:
+          try:
+            teacher = teacher_lib.initial_params(config, state, writer.console)
+          except (FileNotFoundError, ValueError) as e:
+            raise config_lib.ConfigError(str(e)) from None
+          state = {**state, "teacher": teacher}
       train_step = make_train_step(run, shardings)
       eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
       start = int(jax.device_get(state["step"]))
@@ -365,7 +430,7 @@ def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
       writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
                                                step_time * (t.steps - done)))
     if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
-      scores = evaluate(run, eval_step, state["params"])
+      scores = evaluate(run, eval_step, state["params"], state.get("teacher"))
       _log_scores(writer, done, "eval", scores)
       last.update(scores)
       meter.restart()

@@ -371,7 +371,7 @@ def test_paper_configs_build_abstractly_with_their_param_count(recipe, variant, 
 @pytest.mark.parametrize("recipe,args,expected", [
     ("next_block", ["--config.objective.block_size=64"], "objective.block_size=64: must be in"),
     ("multi_token", ["--config.model.num_future=0"], "model.num_future=0: must be in"),
-    ("ftp", ["--config.model.name=transformer"], "objective 'ftp' needs model.name='ftp'"),
+    ("ftp", ["--config.model.name=transformer"], "model.name='transformer' cannot run objective 'ftp'; valid: ftp"),
     ("multi_token", ["--config.objective.future_decay=0"], "objective.future_decay=0"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expected):

@@ -489,8 +489,8 @@ def test_paper_sizes_build_abstractly_with_the_paper_param_count(recipe, variant
 @pytest.mark.parametrize("recipe,args,expected", [
     ("unixcoder", ["--config.objective.mode_probs=(0.5,0.5,0.5)"], "objective.mode_probs="),
     ("unixcoder", ["--config.model.extra_ids=2"], "needs model.extra_ids >= 3"),
-    ("drbert", ["--config.model.name=transformer"], "needs model.name='drbert'"),
-    ("ernie3", ["--config.model.name=transformer"], "needs model.name='multi_branch'"),
+    ("drbert", ["--config.model.name=transformer"], "cannot run objective 'drbert'; valid: drbert"),
+    ("ernie3", ["--config.model.name=transformer"], "cannot run objective 'ernie3'; valid: multi_branch"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expected):
   code = main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny",

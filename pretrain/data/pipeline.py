@@ -25,7 +25,7 @@ from pretrain.data.packing import PACKINGS, pack
 from pretrain.data.phases import PhasedSource, parse_phases
 from pretrain.data.sources import (ImageSource, PackedTextSource, TfdsImageSource, image_folder,
                                    text_file_documents, tfds_documents, tfds_source)
-from pretrain.data.tokenizer import (Tokenizer, file_hash, tokenizer_path,
+from pretrain.data.tokenizer import (Tokenizer, file_hash, load_tokenizer_file, tokenizer_path,
                                      train_or_load_tokenizer)
 
 TEXT_SOURCES = ("shakespeare", "python_stdlib", "text_files", "tfds", "dna", "phases")
@@ -97,7 +97,8 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def build_text_dataset(data_cfg, split: str, tokenizer_kind: str, examples=None
                        ) -> tuple[PackedTextSource, Tokenizer]:
-  """Packed rows of one split, and the tokenizer (trained on the train split) that made them.
+  """Packed rows of one split, and the tokenizer (trained on the train split, or read from
+  `data_cfg.tokenizer_file`) that made them.
 
   Splits: "train"/"validation" (a held-out 2% of documents by content hash) for the built-in
   and file sources; tfds split names as they are for tfds. Both the tokenizer and the packed
@@ -117,10 +118,14 @@ def build_text_dataset(data_cfg, split: str, tokenizer_kind: str, examples=None
   corpus = _corpus_id(data_cfg)
   corpus_name = _corpus_name(data_cfg.source, corpus)
   root = cache_dir(data_cfg)
-  tok_path = tokenizer_path(root, corpus_name, tokenizer_kind, data_cfg.vocab_size)
-  train_docs = [] if os.path.exists(tok_path) else _text_documents(data_cfg, "train")
-  tokenizer = train_or_load_tokenizer(tokenizer_kind, data_cfg.vocab_size, corpus_name,
-                                      train_docs, root)
+  if data_cfg.get("tokenizer_file"):
+    tok_path, train_docs = data_cfg.tokenizer_file, []
+    tokenizer = load_tokenizer_file(tok_path, tokenizer_kind)
+  else:
+    tok_path = tokenizer_path(root, corpus_name, tokenizer_kind, data_cfg.vocab_size)
+    train_docs = [] if os.path.exists(tok_path) else _text_documents(data_cfg, "train")
+    tokenizer = train_or_load_tokenizer(tokenizer_kind, data_cfg.vocab_size, corpus_name,
+                                        train_docs, root)
   return _packed_source(data_cfg, split, corpus, tokenizer, tok_path, train_docs,
                         packing, examples), tokenizer
 

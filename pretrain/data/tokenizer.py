@@ -104,6 +104,25 @@ def _build(kind: str, vocab_size: int) -> tuple[tokenizers.Tokenizer, trainers.T
   return hf, trainer
 
 
+def load_tokenizer_file(path: str, kind: str) -> Tokenizer:
+  """An existing HF tokenizer.json (e.g. a teacher's, so that student and teacher read the
+  same ids) used as a tokenizer of `kind`. Its truncation and padding are switched off:
+  whole documents are encoded here and packed afterwards."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(KINDS)}")
+  hf = tokenizers.Tokenizer.from_file(path)
+  hf.no_truncation()
+  hf.no_padding()
+  missing = [tok for tok in _SPECIALS[kind] if hf.token_to_id(tok) is None]
+  if missing:
+    raise ValueError(f"data.tokenizer_file={path!r} lacks the special tokens {missing} that "
+                     f"data.tokenizer={kind!r} needs")
+  if hf.token_to_id("[PAD]") != 0:
+    raise ValueError(f"data.tokenizer_file={path!r}: [PAD] has id {hf.token_to_id('[PAD]')}, "
+                     "batches are zero-padded so it must be 0")
+  return Tokenizer(hf, kind)
+
+
 def tokenizer_path(cache_dir: str, corpus_name: str, kind: str, vocab_size: int) -> str:
   return os.path.join(cache_dir, "tokenizers", f"{corpus_name}-{kind}-{vocab_size}.json")
 

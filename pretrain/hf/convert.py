@@ -89,13 +89,19 @@ def import_hf(directory: str) -> Imported:
                           **arch.fixed, activation=FROM_HF_ACT[activation])
   tensors = {n if n.startswith(arch.prefix) or n.split(".")[0] in arch.heads
              else arch.prefix + n: t for n, t in load_file(os.path.join(directory, WEIGHTS)).items()}
-  shapes, ours = param_shapes(cfg), {}
+  shapes, ours, notes = param_shapes(cfg), {}, []
+  headless = not any(n.split(".")[0] in arch.heads for n in tensors)
+  if headless:  # A base model (HF BertModel, e.g. a sentence encoder): the head stays fresh.
+    notes.append(f"{directory} has no {'/'.join(arch.heads)} head tensors: head params "
+                 "are left fresh")
   for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
+    if headless and rule.hf.split(".")[0] in arch.heads:
+      continue
     if rule.hf not in tensors:
       raise ValueError(f"{directory}/{WEIGHTS} has no tensor {rule.hf}")
     ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
                              [shapes[o] for o in rule.ours]))
-  notes = arch.fold_in(tensors, ours, cfg)
+  notes += arch.fold_in(tensors, ours, cfg)
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
