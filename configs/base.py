@@ -41,6 +41,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.contrastive_weight": "e2s2: weight of the encoder InfoNCE between noised and clean rows (E2S2 code: 0.05).",
     "objective.contrastive_temperature": "e2s2: InfoNCE temperature on cosine similarities of mean-pooled encoder states (E2S2 code: 1.0).",
     "objective.future_decay": "multi_token / ftp: the loss for token t+k is weighted decay^(k-1) in the average over the N future tokens (1.0 = plain mean, Gloeckle et al.; FTP decays).",
+    "objective.decoder_mask": "decoder_span_corruption: causal (a causal decoder over [inputs ; targets], Wang et al. 2022's CD:MLM) or prefix (the span-corrupted inputs are a bidirectional prefix: ND:MLM); noise_density and mean_span_length as in span_corruption.",
     "objective.block_size": "next_block: tokens per block; attention is bidirectional inside a block and causal across blocks (blocks = positions // block_size, restarting per packed segment), and each token predicts the one block_size ahead.",
     # model
     "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), mae, drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or encoder_decoder_tagger (encoder_decoder + a per-token binary head on the encoder, CodeT5).",

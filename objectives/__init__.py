@@ -2,3 +2,4 @@
 from objectives import (bart, causal_lm, codet5, distill_mlm, drbert, e2s2,  # noqa: F401
                         ernie3, ftp, graphcodebert, mae, minilm, mlm, multi_token,
                         next_block, prefix_lm, span_corruption, unixcoder)
+from objectives import decoder_span_corruption, encoder_decoder_prefix_lm  # noqa: F401

@@ -56,11 +56,16 @@ class PrefixLM(base.Objective):
   def host_transform(self, config, info):
     return PrefixSplit()
 
+  def mask_kind(self, config) -> str:
+    """How positions attend: the prefix bidirectionally (decoder_span_corruption may make
+    it causal, the causal-decoder cell of the same rows)."""
+    return "segment_prefix"
+
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng  # The split is drawn on the host.
     net = model.bind(params)
     tokens, segment_ids = batch["tokens"], batch["segment_ids"]
-    mask = attention_mask("segment_prefix", segment_ids=segment_ids,
+    mask = attention_mask(self.mask_kind(config), segment_ids=segment_ids,
                           is_prefix=batch["is_prefix"])
     logits = net.logits(net(tokens, positions=batch["positions"], mask=mask))  # (B, L, V)
     targets, weights = prefix_lm_targets(tokens, segment_ids, batch["is_prefix"])

@@ -34,7 +34,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
             + [("graphcodebert", v) for v in ("tiny", "base")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
-            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
+            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
+            + [("arch_grid", f"{size}{cell}") for size in ("tiny:", "")
+               for cell in ("cd_flm", "cd_mlm", "nd_plm", "nd_mlm", "ed_plm", "ed_mlm")])
 
 
 def load(recipe: str, variant: str):
