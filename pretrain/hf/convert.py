@@ -17,7 +17,6 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -147,21 +146,7 @@ def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
     config = ml_collections.ConfigDict(json.load(f))
   if config.model.name != "transformer":
     raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers 'transformer'")
-  manager = ocp.CheckpointManager(
-      checkpoint.checkpoint_dir(workdir), item_names=(checkpoint.STATE, checkpoint.DATA),
-      item_handlers={checkpoint.STATE: ocp.PyTreeCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step < 0 else step
-  if step not in manager.all_steps():
-    raise FileNotFoundError(f"{workdir}: no checkpoint step {step}; available: "
-                            f"{manager.all_steps()}")
-  item = {"params": manager.item_metadata(step)[checkpoint.STATE].tree["params"]}
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      checkpoint.STATE: ocp.args.PyTreeRestore(
-          item=item, partial_restore=True,
-          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))}))
-  manager.close()
-  params = restored[checkpoint.STATE]["params"]
+  params = checkpoint.unflatten(checkpoint.read_params(workdir, step))
   info = DataInfo(vocab_size=params["embed"]["table"].shape[0])
   model_cfg = base_config().model  # defaults for keys newer than the run (embed_norm)
   model_cfg.update(config.model)

@@ -1,0 +1,152 @@
+"""Continued pretraining across shapes: position tables of another length or grid load
+interpolated, a new tokenizer's rows load from the old one's (pretrain/transfer.py)."""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tokenizers
+from PIL import Image
+from tokenizers import decoders, models, pre_tokenizers
+
+from pretrain import checkpoint, transfer
+from pretrain import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One step at lr 0 (warmup from 0): the target's saved params are exactly what it loaded.
+FROZEN = ["--config.train.steps=1", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
+          "--config.train.checkpoint_every=1"]
+SOURCE = ["--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
+          "--config.train.checkpoint_every=2"]
+
+
+def test_sequence_table_by_hand():
+  table = np.array([[0.0], [3.0], [6.0]])
+  # Output i reads input coordinate (i + 0.5) * 3 / 6 - 0.5, clamped to [0, 2].
+  np.testing.assert_allclose(transfer.resize_sequence_table(table, 6)[:, 0],
+                             [0.0, 0.75, 2.25, 3.75, 5.25, 6.0])
+  np.testing.assert_array_equal(transfer.resize_sequence_table(table, 2), table[:2])
+
+
+def test_grid_table_by_hand_keeps_the_prefix_rows():
+  cls = np.array([[9.0, -9.0]])
+  grid = np.array([[0.0, 4.0], [8.0, 12.0]])  # value at (r, c) = 8r + 4c, both channels
+  table = np.concatenate([cls, np.stack([grid.reshape(-1)] * 2, axis=-1)])
+  out = transfer.resize_grid_table(table, (2, 2), (4, 4), num_prefix=1)
+  np.testing.assert_array_equal(out[0], cls[0])
+  axis = np.array([0.0, 0.25, 0.75, 1.0])  # 2 -> 4 samples, half-pixel centred, clamped
+  want = 8 * axis[:, None] + 4 * axis[None, :]
+  np.testing.assert_allclose(out[1:, 0].reshape(4, 4), want)
+  np.testing.assert_allclose(out[1:, 1], out[1:, 0])
+  # Upsampling agrees with jax.image.resize's linear kernel.
+  rows = np.random.default_rng(0).normal(size=(49, 3))
+  ours = transfer.resize_grid_table(rows, (7, 7), (8, 8))
+  theirs = jax.image.resize(jnp.asarray(rows.reshape(7, 7, 3)), (8, 8, 3), "linear")
+  np.testing.assert_allclose(ours, np.asarray(theirs).reshape(64, 3), atol=1e-5)
+
+
+def test_resize_positions_dispatches_on_the_path():
+  table = np.ones((4, 2))
+  assert transfer.resize_positions("pos_embed/table", table, (8, 2)).shape == (8, 2)
+  assert transfer.resize_positions("encoder/pos/learned/table", table, (9, 2)).shape == (9, 2)
+  assert transfer.resize_positions("encoder/pos/learned/table", table, (8, 2)) is None  # 2x4?
+  assert transfer.resize_positions("dec_pos_embed/table", table, (8, 2)) is None
+  assert transfer.resize_positions("pos_embed/table", table, (8, 3)) is None
+
+
+def _wordpiece(vocab: list[str]) -> tokenizers.Tokenizer:
+  tok = tokenizers.Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)},
+                                              unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.decoder = decoders.WordPiece()
+  return tok
+
+
+def test_vocab_map_by_hand():
+  old = _wordpiece(["[PAD]", "[UNK]", "a", "##b", "c", "##d"])
+  new = _wordpiece(["[PAD]", "[UNK]", "ab", "c", "abd", "x"])
+  vocab = transfer.VocabMap.build(old, new)
+  # Same strings copied; "ab" = a ##b, "abd" = a ##b ##d; "x" is the old [UNK].
+  assert vocab.sources == ((0,), (1,), (2, 3), (4,), (2, 3, 5), (1,))
+  assert (vocab.copied, vocab.averaged, vocab.fresh) == (3, 3, 0)
+  table = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)  # old vocab 6, padded to 8
+  out = vocab.apply(table, fresh=np.full((8, 2), -1.0, np.float32))
+  np.testing.assert_array_equal(out[0], table[0])
+  np.testing.assert_array_equal(out[2], (table[2] + table[3]) / 2)
+  np.testing.assert_array_equal(out[3], table[4])
+  np.testing.assert_allclose(out[4], (table[2] + table[3] + table[5]) / 3)
+  np.testing.assert_array_equal(out[6:], -1.0)  # padding rows past the new vocab stay fresh
+
+
+def _main(config: str, workdir, *flags) -> str:
+  assert main_lib.main([f"--config={ROOT}/configs/{config}", f"--workdir={workdir}",
+                        *flags]) == 0
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def shakespeare_run(tmp_path_factory):
+  """A causal LM with max_len 64 on Shakespeare's own 1024-token BPE."""
+  return _main("gpt.py:tiny", tmp_path_factory.mktemp("shakespeare"), *SOURCE,
+               "--config.model.num_layers=1", "--config.model.d_model=32",
+               "--config.model.d_ff=64", "--config.data.vocab_size=1024",
+               "--config.train.global_batch=4")
+
+
+def test_text_run_continues_with_longer_positions_and_another_vocabulary(
+    shakespeare_run, tmp_path, capsys):
+  target = _main("gpt.py:tiny", tmp_path, *FROZEN, "--config.model.num_layers=1",
+                 "--config.model.d_model=32", "--config.model.d_ff=64",
+                 "--config.model.max_len=128", "--config.data.source=python_stdlib",
+                 "--config.data.vocab_size=2048", "--config.train.global_batch=4",
+                 f"--config.init_from.path={shakespeare_run}", "--config.init_from.vocab=extend")
+  out = capsys.readouterr().out
+  assert "1 interpolated, 2 vocab-mapped" in out and "interpolated: pos_embed/table" in out
+  assert "vocab-mapped: embed/table" in out and "vocab-mapped: logits_bias" in out
+  src, dst = checkpoint.read_params(shakespeare_run), checkpoint.read_params(target)
+  assert src["pos_embed/table"].shape == (64, 32) and dst["pos_embed/table"].shape == (128, 32)
+  np.testing.assert_allclose(dst["pos_embed/table"],
+                             transfer.resize_sequence_table(src["pos_embed/table"], 128),
+                             atol=1e-6)
+  old = tokenizers.Tokenizer.from_file(os.path.join(shakespeare_run, "tokenizer.json"))
+  new = tokenizers.Tokenizer.from_file(os.path.join(target, "tokenizer.json"))
+  assert (old.get_vocab_size(), new.get_vocab_size()) == (1024, 2048)
+  vocab = transfer.VocabMap.build(old, new)
+  assert vocab.copied > 100 and vocab.averaged > 100, vocab.summary()
+  assert vocab.summary() in out
+  rows = [i for i, ids in enumerate(vocab.sources) if ids]
+  want = vocab.apply(src["embed/table"], fresh=dst["embed/table"])
+  np.testing.assert_allclose(dst["embed/table"][rows], want[rows], atol=1e-6)
+  # Tokens in both vocabularies keep their exact rows.
+  common = sorted(set(old.get_vocab()) & set(new.get_vocab()))
+  np.testing.assert_array_equal(dst["embed/table"][[new.token_to_id(t) for t in common]],
+                                src["embed/table"][[old.token_to_id(t) for t in common]])
+
+
+def _image_folder(root, size: int) -> str:
+  rng = np.random.default_rng(0)
+  for label in ("a", "b"):
+    os.makedirs(root / label)
+    for k in range(64):
+      Image.fromarray(rng.integers(0, 256, (size, size), np.uint8)).save(root / label / f"{k}.png")
+  return str(root)
+
+
+def test_vit_grid_28_loads_into_32_interpolated(tmp_path, capsys):
+  vit = ["--config.model.pos_emb=learned", "--config.model.num_layers=1",
+         "--config.model.d_model=32", "--config.model.d_ff=64", "--config.train.global_batch=8"]
+  source = _main("mae.py:tiny", tmp_path / "src", *SOURCE, *vit)
+  target = _main("mae.py:tiny", tmp_path / "dst", *FROZEN, *vit, "--config.data.source=image_folder",
+                 f"--config.data.path={_image_folder(tmp_path / 'images', 32)}",
+                 f"--config.init_from.path={source}")
+  out = capsys.readouterr().out
+  assert "2 interpolated" in out, out
+  src, dst = checkpoint.read_params(source), checkpoint.read_params(target)
+  for name in ("encoder/pos/learned/table", "dec_pos/learned/table"):
+    assert src[name].shape[0] == 49 and dst[name].shape[0] == 64  # 7x7 -> 8x8 patches of 4
+    np.testing.assert_allclose(dst[name], transfer.resize_grid_table(src[name], (7, 7), (8, 8)),
+                               atol=1e-6)
+  np.testing.assert_array_equal(dst["encoder/patch_embed/kernel"], src["encoder/patch_embed/kernel"])
