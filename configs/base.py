@@ -69,6 +69,7 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
     "model.num_decoder_layers": "encoder_decoder, ftp: decoder depth (num_layers is the encoder's).",
+    "model.dec_embeddings": "encoder_decoder: the decoder gets its own learned position table and embedding norm (HF BART's layout; needs pos_emb=learned); False = shared with the encoder (T5).",
     "model.mlm_decoder_layers": "drbert: transformer blocks between the encoder and the MLM output layer, used in pretraining only (the exported encoder has none).",
     "model.branch_layers": "multi_branch: depth of each task branch (ERNIE 3.0's AE and AR task-specific networks) on the shared backbone.",
     "model.branch_d_model": "multi_branch: branch width; linear projections map backbone states down into each branch and back up when it differs from d_model.",
@@ -153,7 +154,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False))
+  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False,
+                                            dec_embeddings=False))
   c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",

@@ -1,7 +1,9 @@
 """Continued pretraining across shapes: position tables of another length or grid load
-interpolated, a new tokenizer's rows load from the old one's (pretrain/transfer.py)."""
+interpolated, a new tokenizer's rows load from the old one's (pretrain/transfer.py); BART
+import/export parity with transformers (pretrain/hf/bart.py)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -9,17 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
+from flax import nnx
 from PIL import Image
 from tokenizers import decoders, models, pre_tokenizers
 
+from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from pretrain import checkpoint, transfer
 from pretrain import main as main_lib
+from pretrain.hf import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One step at lr 0 (warmup from 0): the target's saved params are exactly what it loaded.
-FROZEN = ["--config.train.steps=1", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
+FROZEN = ["--config.train.peak_flops_per_device=1e12", "--config.train.steps=1", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
           "--config.train.checkpoint_every=1"]
-SOURCE = ["--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
+SOURCE = ["--config.train.peak_flops_per_device=1e12", "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
           "--config.train.checkpoint_every=2"]
 
 
@@ -150,3 +155,92 @@ def test_vit_grid_28_loads_into_32_interpolated(tmp_path, capsys):
     np.testing.assert_allclose(dst[name], transfer.resize_grid_table(src[name], (7, 7), (8, 8)),
                                atol=1e-6)
   np.testing.assert_array_equal(dst["encoder/patch_embed/kernel"], src["encoder/patch_embed/kernel"])
+
+
+# BART: import and export parity with BartForConditionalGeneration (float32, 1e-5).
+BART = EncoderDecoderConfig(vocab_size=128, num_layers=2, d_model=32, num_heads=4, d_ff=64,
+                            max_len=24, pos_emb="learned", norm="post", embed_norm=True,
+                            activation="gelu_exact", dec_layers=2, dec_embeddings=True)
+
+
+def _transformers():
+  pytest.importorskip("torch", reason="parity tests need the hf extra (torch)")
+  return pytest.importorskip("transformers", reason="parity tests need the hf extra")
+
+
+def _bart_hf(directory):
+  """A random tiny HF BART, every tensor perturbed (norms and biases start constant),
+  saved as safetensors in `directory`."""
+  import torch
+  tf = _transformers()
+  torch.manual_seed(0)
+  model = tf.BartForConditionalGeneration(tf.BartConfig(
+      vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
+      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+      decoder_ffn_dim=64, max_position_embeddings=24, activation_function="gelu",
+      pad_token_id=0, dropout=0.0))
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+    model.final_logits_bias.add_(0.05 * torch.randn_like(model.final_logits_bias))
+  model.save_pretrained(str(directory), safe_serialization=True)
+  return model.eval()
+
+
+def _bart_logits(model, enc, dec) -> np.ndarray:
+  """Ours: one packed segment per row, positions 0.. on both sides."""
+  ones = lambda x: jnp.ones(x.shape, jnp.int32)  # noqa: E731
+  pos = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape)  # noqa: E731
+  enc, dec = jnp.asarray(enc), jnp.asarray(dec)
+  hidden = model(enc, dec, enc_segment_ids=ones(enc), dec_segment_ids=ones(dec),
+                 enc_positions=pos(enc), dec_positions=pos(dec))
+  return np.asarray(model.logits(hidden))
+
+
+def _hf_bart_logits(model, enc, dec) -> np.ndarray:
+  import torch
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()
+
+
+def _ours(cfg, flat: dict | None = None, seed: int = 0):
+  with nnx.use_eager_sharding(False):
+    model = EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  pure = jax.tree_util.tree_map_with_path(
+      lambda p, leaf: flat[jax.tree_util.keystr(p, simple=True, separator="/")] if flat else
+      np.asarray(leaf) + 0.05 * rng.standard_normal(leaf.shape, np.float32),
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  nnx.update(model, state)
+  return model
+
+
+def _bart_inputs():
+  rng = np.random.default_rng(1)
+  return rng.integers(1, 128, (2, 20)), rng.integers(1, 128, (2, 12))
+
+
+def test_bart_import_matches_hf_logits(tmp_path):
+  hf = _bart_hf(tmp_path)
+  imported = convert.import_hf(str(tmp_path))
+  assert imported.config == BART and imported.unused == []
+  enc, dec = _bart_inputs()
+  diff = np.abs(_bart_logits(_ours(imported.config, imported.params), enc, dec)
+                - _hf_bart_logits(hf, enc, dec)).max()
+  print(f"\nimport bart logits max |diff| = {diff:.2e}")
+  assert diff < 1e-5
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_bart_export_matches_hf_logits(tmp_path, shared):
+  cfg = dataclasses.replace(BART, dec_embeddings=not shared)
+  ours = _ours(cfg)
+  notes = convert.export_hf(nnx.to_pure_dict(nnx.state(ours, nnx.Param)), cfg, str(tmp_path))
+  assert any("both encoder and decoder" in n for n in notes) == shared
+  hf = _transformers().BartForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+  enc, dec = _bart_inputs()
+  diff = np.abs(_bart_logits(ours, enc, dec) - _hf_bart_logits(hf, enc, dec)).max()
+  print(f"\nexport bart (shared tables: {shared}) logits max |diff| = {diff:.2e}")
+  assert diff < 1e-5

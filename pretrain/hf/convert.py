@@ -21,15 +21,17 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from configs.base import base_config
+from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
-from pretrain.hf import bert, gpt2
+from pretrain.hf import bart, bert, gpt2
 from pretrain.hf.layout import expand
-from pretrain.model_builders import TransformerBuilder
+from pretrain.model_builders import EncoderDecoderBuilder, TransformerBuilder
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder()}
 # Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
 # import also reads "gelu_pytorch_tanh", the same tanh form.
 TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu"}
@@ -47,8 +49,9 @@ def by_path(params) -> dict:
 
 
 def param_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+  module = EncoderDecoder if isinstance(cfg, EncoderDecoderConfig) else TextTransformer
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: TextTransformer(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: module(cfg, rngs=nnx.Rngs(0)))
   return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
 
 
@@ -67,25 +70,28 @@ class Imported:
     fields = {k: getattr(self.config, k) for k in (
         "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
         "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps")}
+    if isinstance(self.config, EncoderDecoderConfig):
+      fields.update(name="encoder_decoder", num_decoder_layers=self.config.dec_layers,
+                    dec_embeddings=self.config.dec_embeddings, extra_ids=0)
     return {"model.variant": "custom", **{f"model.{k}": v for k, v in fields.items()},
             "data.vocab_size": self.config.vocab_size}
 
 
 def import_hf(directory: str) -> Imported:
-  """Reads an HF BertForMaskedLM / GPT2LMHeadModel directory as our params."""
+  """Reads an HF BertForMaskedLM / GPT2LMHeadModel / BartForConditionalGeneration
+  directory as our params."""
   with open(os.path.join(directory, CONFIG)) as f:
     hf_cfg = json.load(f)
+  if hf_cfg.get("model_type") == bart.MODEL_TYPE:
+    return _import_bart(directory, hf_cfg)
   arch = ARCHS.get(hf_cfg.get("model_type"))
   if arch is None:
     raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
-                     f"{sorted(ARCHS)}")
+                     f"{sorted([*ARCHS, bart.MODEL_TYPE])}")
   hf_cfg = {**arch.hf_defaults(hf_cfg), **{k: v for k, v in hf_cfg.items() if v is not None}}
-  activation = hf_cfg[arch.activation_key]
-  if activation not in FROM_HF_ACT:
-    raise ValueError(f"{arch.activation_key}={activation!r} has no counterpart here; "
-                     f"valid: {sorted(FROM_HF_ACT)}")
   cfg = TransformerConfig(**{ours: hf_cfg[key] for ours, key in arch.sizes.items()},
-                          **arch.fixed, activation=FROM_HF_ACT[activation])
+                          **arch.fixed, activation=_activation(hf_cfg[arch.activation_key],
+                                                               arch.activation_key))
   tensors = {n if n.startswith(arch.prefix) or n.split(".")[0] in arch.heads
              else arch.prefix + n: t for n, t in load_file(os.path.join(directory, WEIGHTS)).items()}
   shapes, ours, notes = param_shapes(cfg), {}, []
@@ -101,6 +107,20 @@ def import_hf(directory: str) -> Imported:
     ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
                              [shapes[o] for o in rule.ours]))
   notes += arch.fold_in(tensors, ours, cfg)
+  return Imported(cfg, ours, sorted(tensors), notes)
+
+
+def _activation(name: str, key: str) -> str:
+  if name not in FROM_HF_ACT:
+    raise ValueError(f"{key}={name!r} has no counterpart here; valid: {sorted(FROM_HF_ACT)}")
+  return FROM_HF_ACT[name]
+
+
+def _import_bart(directory: str, hf_cfg: dict) -> Imported:
+  cfg = bart.config_from_hf(hf_cfg, _activation(hf_cfg.get("activation_function", "gelu"),
+                                                "activation_function"))
+  tensors = load_file(os.path.join(directory, WEIGHTS))
+  ours, notes = bart.to_ours(tensors, param_shapes(cfg), cfg)
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
@@ -122,17 +142,27 @@ def _arch_for(cfg: TransformerConfig):
 def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
   was folded or dropped."""
-  arch = _arch_for(cfg)
-  ours, tensors = {k: np.asarray(v) for k, v in by_path(params).items()}, {}
-  for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
-    tensors[rule.hf] = rule.to_hf([ours.pop(o) for o in rule.ours])
-  notes = arch.fold_out(ours, tensors, cfg)
+  ours = {k: np.asarray(v) for k, v in by_path(params).items()}
+  if isinstance(cfg, EncoderDecoderConfig):
+    wrong = bart.check_exportable(cfg)
+    if cfg.activation not in TO_HF_ACT:
+      wrong["activation"] = cfg.activation
+    if wrong:
+      raise ValueError(f"export_hf: no HF {bart.ARCHITECTURE} layout for {wrong}")
+    tensors, notes = bart.to_hf(ours, cfg)
+    architecture, hf_cfg = bart.ARCHITECTURE, bart.hf_config(cfg, TO_HF_ACT[cfg.activation])
+  else:
+    arch, tensors = _arch_for(cfg), {}
+    for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
+      tensors[rule.hf] = rule.to_hf([ours.pop(o) for o in rule.ours])
+    notes = arch.fold_out(ours, tensors, cfg)
+    architecture = arch.architecture
+    hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
+              **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
+              arch.activation_key: TO_HF_ACT[cfg.activation], "dtype": "float32",
+              **arch.extra_config}
   if ours:
-    raise ValueError(f"export_hf: no {arch.architecture} tensor for {sorted(ours)}")
-  hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
-            **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
-            arch.activation_key: TO_HF_ACT[cfg.activation], "dtype": "float32",
-            **arch.extra_config}
+    raise ValueError(f"export_hf: no {architecture} tensor for {sorted(ours)}")
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, CONFIG), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
@@ -144,13 +174,16 @@ def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
   """A run's params (numpy, on the host) at `step` (-1 = latest) and its model config."""
   with open(os.path.join(workdir, CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if config.model.name != "transformer":
-    raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers 'transformer'")
+  if config.model.name not in BUILDERS:
+    raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers "
+                     f"{', '.join(BUILDERS)}")
   params = checkpoint.unflatten(checkpoint.read_params(workdir, step))
-  info = DataInfo(vocab_size=params["embed"]["table"].shape[0])
   model_cfg = base_config().model  # defaults for keys newer than the run (embed_norm)
   model_cfg.update(config.model)
-  return params, TransformerBuilder().model_config(model_cfg, info)
+  # The encoder-decoder builder adds extra_ids to the data's vocabulary; the table has both.
+  extra = model_cfg.get("extra_ids", 0) if config.model.name == "encoder_decoder" else 0
+  info = DataInfo(vocab_size=params["embed"]["table"].shape[0] - extra)
+  return params, BUILDERS[config.model.name].model_config(model_cfg, info)
 
 
 def main(argv: list[str]) -> int:
