@@ -1,6 +1,6 @@
 """Continued pretraining across shapes: position tables of another length or grid load
 interpolated, a new tokenizer's rows load from the old one's (pretrain/transfer.py); BART
-import/export parity with transformers (pretrain/hf/bart.py)."""
+and ViT import/export parity with transformers (pretrain/hf/bart.py, vit.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +16,7 @@ from PIL import Image
 from tokenizers import decoders, models, pre_tokenizers
 
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from models.vit import ViT, ViTConfig
 from pretrain import checkpoint, transfer
 from pretrain import main as main_lib
 from pretrain.hf import convert
@@ -243,4 +244,64 @@ def test_bart_export_matches_hf_logits(tmp_path, shared):
   enc, dec = _bart_inputs()
   diff = np.abs(_bart_logits(ours, enc, dec) - _hf_bart_logits(hf, enc, dec)).max()
   print(f"\nexport bart (shared tables: {shared}) logits max |diff| = {diff:.2e}")
+  assert diff < 1e-5
+
+
+# ViT: ViTModel's last_hidden_state against our ViT (MAE's encoder), both directions.
+VIT = ViTConfig(image_size=(16, 16), patch_size=(4, 4), d_model=32, num_layers=2, num_heads=4,
+                d_ff=64, channels=3, pos_emb="learned", activation="gelu_exact",
+                ln_eps=1e-12)
+
+
+def _our_vit(cfg: ViTConfig, flat: dict | None = None, seed: int = 0):
+  """Our ViT with `flat` (MAE `encoder/` paths) or random params, perturbed like HF's."""
+  with nnx.use_eager_sharding(False):
+    model = ViT(cfg, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  pure = jax.tree_util.tree_map_with_path(
+      lambda p, leaf: flat["encoder/" + jax.tree_util.keystr(p, simple=True, separator="/")]
+      if flat else np.asarray(leaf) + 0.05 * rng.standard_normal(leaf.shape, np.float32),
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  nnx.update(model, state)
+  return model
+
+
+def _vit_diff(ours, hf) -> float:
+  import torch
+  images = np.random.default_rng(2).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    theirs = hf(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2))).last_hidden_state
+  return float(np.abs(np.asarray(ours(jnp.asarray(images))) - theirs.numpy()).max())
+
+
+def test_vit_import_matches_hf(tmp_path):
+  import torch
+  tf = _transformers()
+  torch.manual_seed(0)
+  hf = tf.ViTModel(tf.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, intermediate_size=64, num_channels=3))
+  with torch.no_grad():
+    for p in hf.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  hf.save_pretrained(str(tmp_path), safe_serialization=True)
+  imported = convert.import_hf(str(tmp_path))
+  assert imported.config == VIT
+  assert imported.unused == ["pooler.dense.bias", "pooler.dense.weight"]
+  diff = _vit_diff(_our_vit(imported.config, imported.params), hf.eval())
+  print(f"\nimport vit max |diff| = {diff:.2e}")
+  assert diff < 1e-5
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "sincos"])
+def test_vit_export_matches_hf(tmp_path, pos_emb):
+  cfg = dataclasses.replace(VIT, pos_emb=pos_emb)
+  ours = _our_vit(cfg)
+  params = {"encoder": nnx.to_pure_dict(nnx.state(ours, nnx.Param)), "mask_token": np.zeros(1)}
+  notes = convert.export_hf(params, cfg, str(tmp_path))
+  assert "MAE decoder not exported (ViTModel is the encoder)" in notes
+  hf = _transformers().ViTModel.from_pretrained(str(tmp_path), add_pooling_layer=False).eval()
+  diff = _vit_diff(ours, hf)
+  print(f"\nexport vit ({pos_emb}) max |diff| = {diff:.2e}")
   assert diff < 1e-5

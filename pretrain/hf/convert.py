@@ -23,15 +23,19 @@ from safetensors.numpy import load_file, save_file
 from configs.base import base_config
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
+from models.vit import ViT, ViTConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
-from pretrain.hf import bart, bert, gpt2
+from pretrain.hf import bart, bert, gpt2, vit
 from pretrain.hf.layout import expand
-from pretrain.model_builders import EncoderDecoderBuilder, TransformerBuilder
+from pretrain.model_builders import EncoderDecoderBuilder, MaeBuilder, TransformerBuilder
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
+# model_type -> (module with config_from_hf / to_ours / to_hf, HF activation config key)
+SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act")}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
-BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder()}
+BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder(),
+            "mae": MaeBuilder()}
 # Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
 # import also reads "gelu_pytorch_tanh", the same tanh form.
 TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu"}
@@ -48,11 +52,14 @@ def by_path(params) -> dict:
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def param_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
-  module = EncoderDecoder if isinstance(cfg, EncoderDecoderConfig) else TextTransformer
+def param_shapes(cfg: TransformerConfig | ViTConfig) -> dict[str, tuple[int, ...]]:
+  """Our params' shapes by path; a ViT's as the MAE `encoder/` subtree."""
+  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: ViT}.get(type(cfg), TextTransformer)
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: module(cfg, rngs=nnx.Rngs(0)))
-  return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+  prefix = vit.OURS if module is ViT else ""
+  return {prefix + k: v.shape
+          for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
 
 
 @dataclasses.dataclass
@@ -67,6 +74,12 @@ class Imported:
   @property
   def overrides(self) -> dict:
     """Config keys that build this model (`--config.<key>=<value>`)."""
+    if isinstance(self.config, ViTConfig):
+      fields = {k: getattr(self.config, k) for k in (
+          "num_layers", "d_model", "num_heads", "d_ff", "patch_size", "channels", "pos_emb",
+          "activation", "ln_eps")}
+      return {"model.name": "mae", "model.variant": "custom",
+              **{f"model.{k}": v for k, v in fields.items()}}
     fields = {k: getattr(self.config, k) for k in (
         "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
         "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps")}
@@ -82,12 +95,12 @@ def import_hf(directory: str) -> Imported:
   directory as our params."""
   with open(os.path.join(directory, CONFIG)) as f:
     hf_cfg = json.load(f)
-  if hf_cfg.get("model_type") == bart.MODEL_TYPE:
-    return _import_bart(directory, hf_cfg)
+  if hf_cfg.get("model_type") in SEPARATE:
+    return _import_separate(directory, hf_cfg)
   arch = ARCHS.get(hf_cfg.get("model_type"))
   if arch is None:
     raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
-                     f"{sorted([*ARCHS, bart.MODEL_TYPE])}")
+                     f"{sorted([*ARCHS, *SEPARATE])}")
   hf_cfg = {**arch.hf_defaults(hf_cfg), **{k: v for k, v in hf_cfg.items() if v is not None}}
   cfg = TransformerConfig(**{ours: hf_cfg[key] for ours, key in arch.sizes.items()},
                           **arch.fixed, activation=_activation(hf_cfg[arch.activation_key],
@@ -116,11 +129,12 @@ def _activation(name: str, key: str) -> str:
   return FROM_HF_ACT[name]
 
 
-def _import_bart(directory: str, hf_cfg: dict) -> Imported:
-  cfg = bart.config_from_hf(hf_cfg, _activation(hf_cfg.get("activation_function", "gelu"),
-                                                "activation_function"))
+def _import_separate(directory: str, hf_cfg: dict) -> Imported:
+  """BART / ViT: modules with their own config and fold functions (no `Arch` table)."""
+  module, key = SEPARATE[hf_cfg["model_type"]]
+  cfg = module.config_from_hf(hf_cfg, _activation(hf_cfg.get(key, "gelu"), key))
   tensors = load_file(os.path.join(directory, WEIGHTS))
-  ours, notes = bart.to_ours(tensors, param_shapes(cfg), cfg)
+  ours, notes = module.to_ours(tensors, param_shapes(cfg), cfg)
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
@@ -143,14 +157,19 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
   was folded or dropped."""
   ours = {k: np.asarray(v) for k, v in by_path(params).items()}
-  if isinstance(cfg, EncoderDecoderConfig):
-    wrong = bart.check_exportable(cfg)
+  module = {EncoderDecoderConfig: bart, ViTConfig: vit}.get(type(cfg))
+  if module is not None:
+    wrong = module.check_exportable(cfg)
     if cfg.activation not in TO_HF_ACT:
       wrong["activation"] = cfg.activation
     if wrong:
-      raise ValueError(f"export_hf: no HF {bart.ARCHITECTURE} layout for {wrong}")
-    tensors, notes = bart.to_hf(ours, cfg)
-    architecture, hf_cfg = bart.ARCHITECTURE, bart.hf_config(cfg, TO_HF_ACT[cfg.activation])
+      raise ValueError(f"export_hf: no HF {module.ARCHITECTURE} layout for {wrong}")
+    dropped = sorted(k for k in ours if module is vit and not k.startswith(vit.OURS))
+    for k in dropped:
+      del ours[k]
+    tensors, notes = module.to_hf(ours, cfg)
+    notes += ["MAE decoder not exported (ViTModel is the encoder)"] if dropped else []
+    architecture, hf_cfg = module.ARCHITECTURE, module.hf_config(cfg, TO_HF_ACT[cfg.activation])
   else:
     arch, tensors = _arch_for(cfg), {}
     for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
@@ -170,7 +189,7 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   return notes
 
 
-def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
+def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig | ViTConfig]:
   """A run's params (numpy, on the host) at `step` (-1 = latest) and its model config."""
   with open(os.path.join(workdir, CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
@@ -180,9 +199,11 @@ def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
   params = checkpoint.unflatten(checkpoint.read_params(workdir, step))
   model_cfg = base_config().model  # defaults for keys newer than the run (embed_norm)
   model_cfg.update(config.model)
-  # The encoder-decoder builder adds extra_ids to the data's vocabulary; the table has both.
-  extra = model_cfg.get("extra_ids", 0) if config.model.name == "encoder_decoder" else 0
-  info = DataInfo(vocab_size=params["embed"]["table"].shape[0] - extra)
+  if config.model.name == "mae":  # image size and channels as the recipe states them
+    info = DataInfo()
+  else:  # The encoder-decoder builder adds extra_ids to the data's vocabulary; the table has both.
+    extra = model_cfg.get("extra_ids", 0) if config.model.name == "encoder_decoder" else 0
+    info = DataInfo(vocab_size=params["embed"]["table"].shape[0] - extra)
   return params, BUILDERS[config.model.name].model_config(model_cfg, info)
 
 
