@@ -23,10 +23,10 @@ from pretrain.hf import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One step at lr 0 (warmup from 0): the target's saved params are exactly what it loaded.
-FROZEN = ["--config.train.peak_flops_per_device=1e12", "--config.train.steps=1", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
-          "--config.train.checkpoint_every=1"]
-SOURCE = ["--config.train.peak_flops_per_device=1e12", "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.eval_every=0",
-          "--config.train.checkpoint_every=2"]
+QUICK = ["--config.train.peak_flops_per_device=1e12", "--config.optim.warmup_steps=1",
+         "--config.train.eval_every=0"]
+FROZEN = [*QUICK, "--config.train.steps=1", "--config.train.checkpoint_every=1"]
+SOURCE = [*QUICK, "--config.train.steps=2", "--config.train.checkpoint_every=2"]
 
 
 def test_sequence_table_by_hand():
@@ -137,7 +137,8 @@ def _image_folder(root, size: int) -> str:
   for label in ("a", "b"):
     os.makedirs(root / label)
     for k in range(64):
-      Image.fromarray(rng.integers(0, 256, (size, size), np.uint8)).save(root / label / f"{k}.png")
+      image = rng.integers(0, 256, (size, size), np.uint8)
+      Image.fromarray(image).save(root / label / f"{k}.png")
   return str(root)
 
 
@@ -145,8 +146,8 @@ def test_vit_grid_28_loads_into_32_interpolated(tmp_path, capsys):
   vit = ["--config.model.pos_emb=learned", "--config.model.num_layers=1",
          "--config.model.d_model=32", "--config.model.d_ff=64", "--config.train.global_batch=8"]
   source = _main("mae.py:tiny", tmp_path / "src", *SOURCE, *vit)
-  target = _main("mae.py:tiny", tmp_path / "dst", *FROZEN, *vit, "--config.data.source=image_folder",
-                 f"--config.data.path={_image_folder(tmp_path / 'images', 32)}",
+  target = _main("mae.py:tiny", tmp_path / "dst", *FROZEN, *vit,
+                 "--config.data.source=image_folder", f"--config.data.path={_image_folder(tmp_path / 'images', 32)}",
                  f"--config.init_from.path={source}")
   out = capsys.readouterr().out
   assert "2 interpolated" in out, out
@@ -155,7 +156,8 @@ def test_vit_grid_28_loads_into_32_interpolated(tmp_path, capsys):
     assert src[name].shape[0] == 49 and dst[name].shape[0] == 64  # 7x7 -> 8x8 patches of 4
     np.testing.assert_allclose(dst[name], transfer.resize_grid_table(src[name], (7, 7), (8, 8)),
                                atol=1e-6)
-  np.testing.assert_array_equal(dst["encoder/patch_embed/kernel"], src["encoder/patch_embed/kernel"])
+  kernel = "encoder/patch_embed/kernel"
+  np.testing.assert_array_equal(dst[kernel], src[kernel])
 
 
 # BART: import and export parity with BartForConditionalGeneration (float32, 1e-5).
@@ -305,3 +307,20 @@ def test_vit_export_matches_hf(tmp_path, pos_emb):
   diff = _vit_diff(ours, hf)
   print(f"\nexport vit ({pos_emb}) max |diff| = {diff:.2e}")
   assert diff < 1e-5
+
+
+def test_t5_import_says_why_it_is_blocked(tmp_path):
+  (tmp_path / "config.json").write_text('{"model_type": "t5"}')
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  with pytest.raises(ValueError, match="relative position bias"):
+    convert.import_hf(str(tmp_path))
+
+
+def test_bad_init_from_vocab_is_a_config_error(tmp_path, capsys):
+  assert main_lib.main([f"--config={ROOT}/configs/gpt.py:tiny", f"--workdir={tmp_path}",
+                        "--config.init_from.vocab=merge"]) == 2
+  assert "init_from.vocab='merge'; valid: exact, extend" in capsys.readouterr().err
+  assert main_lib.main([f"--config={ROOT}/configs/mae.py:tiny", f"--workdir={tmp_path}",
+                        f"--config.init_from.path={tmp_path}",
+                        "--config.init_from.vocab=extend"]) == 2
+  assert "needs init_from.path and a text objective" in capsys.readouterr().err
