@@ -146,8 +146,9 @@ def test_vit_grid_28_loads_into_32_interpolated(tmp_path, capsys):
   vit = ["--config.model.pos_emb=learned", "--config.model.num_layers=1",
          "--config.model.d_model=32", "--config.model.d_ff=64", "--config.train.global_batch=8"]
   source = _main("mae.py:tiny", tmp_path / "src", *SOURCE, *vit)
+  images = _image_folder(tmp_path / "images", 32)
   target = _main("mae.py:tiny", tmp_path / "dst", *FROZEN, *vit,
-                 "--config.data.source=image_folder", f"--config.data.path={_image_folder(tmp_path / 'images', 32)}",
+                 "--config.data.source=image_folder", f"--config.data.path={images}",
                  f"--config.init_from.path={source}")
   out = capsys.readouterr().out
   assert "2 interpolated" in out, out
