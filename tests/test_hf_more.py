@@ -235,6 +235,12 @@ def test_bart_import_matches_hf_logits(tmp_path):
                 - _hf_bart_logits(hf, enc, dec)).max()
   print(f"\nimport bart logits max |diff| = {diff:.2e}")
   assert diff < 1e-5
+  # init_from.path=<HF BART dir>: every param of a dec_embeddings model loads.
+  target = nnx.to_pure_dict(nnx.state(_ours(BART), nnx.Param))
+  loaded, report = checkpoint.load_params(str(tmp_path), -1, "", target)
+  assert not (report.missing or report.shape_mismatch or report.unused), report.summary()
+  np.testing.assert_array_equal(loaded["dec_embeddings"]["pos_embed"]["table"],
+                                imported.params["dec_embeddings/pos_embed/table"])
 
 
 @pytest.mark.parametrize("shared", [False, True])
