@@ -16,7 +16,8 @@ from PIL import Image
 from tokenizers import decoders, models, pre_tokenizers
 
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from models.vit import ViT, ViTConfig
+from models.vit import MAE, ViT, ViTConfig, patchify
+from objectives.mae import masked_mse
 from pretrain import checkpoint, transfer
 from pretrain import main as main_lib
 from pretrain.hf import convert
@@ -331,3 +332,43 @@ def test_bad_init_from_vocab_is_a_config_error(tmp_path, capsys):
                         f"--config.init_from.path={tmp_path}",
                         "--config.init_from.vocab=extend"]) == 2
   assert "needs init_from.path and a text objective" in capsys.readouterr().err
+
+
+def test_vit_mae_import_matches_hf_reconstruction_and_loss(tmp_path):
+  """ViTMAEForPreTraining with a given noise vs our MAE on the patches HF keeps."""
+  import torch
+  tf = _transformers()
+  torch.manual_seed(0)
+  hf = tf.ViTMAEForPreTraining(tf.ViTMAEConfig(
+      image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, num_channels=3, decoder_hidden_size=16,
+      decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=32,
+      mask_ratio=0.75))
+  with torch.no_grad():
+    for name, p in hf.named_parameters():
+      if "pos_embed" not in name and "position_embeddings" not in name:  # fixed sin-cos
+        p.add_(0.05 * torch.randn_like(p))
+  hf.save_pretrained(str(tmp_path), safe_serialization=True)
+  imported = convert.import_hf(str(tmp_path))
+  cfg = imported.config
+  assert (cfg.dec_d_model, cfg.dec_layers, cfg.dec_heads, cfg.dec_d_ff) == (16, 1, 2, 32)
+  assert imported.unused == []
+  with nnx.use_eager_sharding(False):
+    ours = MAE(cfg, rngs=nnx.Rngs(0))
+  state = nnx.state(ours, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, checkpoint.unflatten(imported.params)))
+  nnx.update(ours, state)
+  rng = np.random.default_rng(3)
+  images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
+  noise = rng.random((2, 16)).astype(np.float32)
+  with torch.no_grad():
+    out = hf.eval()(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)),
+                    noise=torch.tensor(noise))
+  keep = jnp.asarray(np.argsort(noise, axis=1, kind="stable")[:, :4])  # int(16 * 0.25)
+  patches = patchify(jnp.asarray(images), cfg.patch_size)
+  pred = ours.decode(ours.encode(patches, keep), keep, 16)
+  diff = float(np.abs(np.asarray(pred) - out.logits.numpy()).max())
+  loss = float(masked_mse(pred, patches, jnp.asarray(out.mask.numpy())))
+  print(f"\nimport vit_mae reconstruction max |diff| = {diff:.2e}, loss {loss:.6f} vs "
+        f"{out.loss.item():.6f}")
+  assert diff < 1e-5 and abs(loss - out.loss.item()) < 1e-5

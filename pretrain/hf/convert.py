@@ -1,7 +1,7 @@
 """Import and export of Hugging Face `config.json` + `model.safetensors` directories:
 BertForMaskedLM and GPT2LMHeadModel (rule tables in `Arch`), BartForConditionalGeneration
-(pretrain/hf/bart.py) and ViTModel (pretrain/hf/vit.py, as MAE's encoder); HF T5 is refused
-with the reason (`BLOCKED`).
+(pretrain/hf/bart.py), ViTModel (pretrain/hf/vit.py, as MAE's encoder) and, import only,
+ViTMAEForPreTraining; HF T5 is refused with the reason (`BLOCKED`).
 
   python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
   python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
@@ -26,7 +26,7 @@ from safetensors.numpy import load_file, save_file
 from configs.base import base_config
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
-from models.vit import ViT, ViTConfig
+from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
 from pretrain.hf import bart, bert, gpt2, vit
@@ -35,13 +35,13 @@ from pretrain.model_builders import EncoderDecoderBuilder, MaeBuilder, Transform
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
 # model_type -> (module with config_from_hf / to_ours / to_hf, HF activation config key)
-SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act")}
+SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act"),
+            vit.MAE_TYPE: (vit, "hidden_act")}
 # Why these have no converter (import names the reason instead of just refusing).
 BLOCKED = {
     "t5": "HF T5 has relative position bias and scale-only RMSNorm; our encoder_decoder has "
           "no relative bias (configs/t5.py uses rotary) and LayerNorm with bias, so no exact "
           "mapping exists",
-    "vit_mae": "not converted yet: import its encoder as a ViTModel (model_type vit)",
 }
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder(),
@@ -63,13 +63,11 @@ def by_path(params) -> dict:
 
 
 def param_shapes(cfg: TransformerConfig | ViTConfig) -> dict[str, tuple[int, ...]]:
-  """Our params' shapes by path; a ViT's as the MAE `encoder/` subtree."""
-  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: ViT}.get(type(cfg), TextTransformer)
+  """Our params' shapes by path; a ViT's as MAE's (its `encoder/` subtree is the ViT)."""
+  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: MAE}.get(type(cfg), TextTransformer)
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: module(cfg, rngs=nnx.Rngs(0)))
-  prefix = vit.OURS if module is ViT else ""
-  return {prefix + k: v.shape
-          for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+  return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
 
 
 @dataclasses.dataclass
@@ -87,7 +85,7 @@ class Imported:
     if isinstance(self.config, ViTConfig):
       fields = {k: getattr(self.config, k) for k in (
           "num_layers", "d_model", "num_heads", "d_ff", "patch_size", "channels", "pos_emb",
-          "activation", "ln_eps")}
+          "activation", "ln_eps", "dec_d_model", "dec_layers", "dec_heads", "dec_d_ff")}
       return {"model.name": "mae", "model.variant": "custom",
               **{f"model.{k}": v for k, v in fields.items()}}
     fields = {k: getattr(self.config, k) for k in (

@@ -1,4 +1,5 @@
-"""ViTModel <-> our ViT (models/vit.py), the encoder of the registered `mae` model.
+"""ViTModel <-> our ViT (models/vit.py), the encoder of the registered `mae` model; import
+also reads ViTMAEForPreTraining (encoder and decoder) into our MAE.
 
 Our params are keyed as MAE's `encoder/...` subtree (the only registered image model), so an
 HF ViT directory loads as `init_from.path` into an MAE run's encoder. Differences handled:
@@ -11,36 +12,45 @@ HF ViT directory loads as `init_from.path` into an MAE run's encoder. Difference
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from models.vit import ViTConfig, sincos_grid_positions
 from pretrain.hf.layout import Rule, expand
 
 ARCHITECTURE, MODEL_TYPE, PREFIX, OURS = "ViTModel", "vit", "vit.", "encoder/"
+MAE_TYPE, DEC_POSITIONS = "vit_mae", "decoder.decoder_pos_embed"
+# transformers 5 names the decoder layers like the encoder's; older versions `decoder_layers`.
+DEC_LAYER, LEGACY_DEC_LAYER = "decoder.decoder_encoder.layer.{i}.", "decoder.decoder_layers."
 CLS, POSITIONS = "embeddings.cls_token", "embeddings.position_embeddings"
 CONV = "embeddings.patch_embeddings.projection."
 LAYER, BLOCK = "encoder.layer.{i}.", OURS + "stack/blocks/{i}/"
 
 
+def _layer(hf: str, ours: str) -> list[Rule]:
+  """One pre-LN ViT layer (`hf`, `ours`: name prefixes with `{i}`)."""
+  return [
+      *(Rule(f"{hf}attention.attention.{n}.weight", (f"{ours}attn/{n}/kernel",), "linear")
+        for n in ("query", "key", "value")),
+      *(Rule(f"{hf}attention.attention.{n}.bias", (f"{ours}attn/{n}/bias",))
+        for n in ("query", "key", "value")),
+      Rule(hf + "attention.output.dense.weight", (ours + "attn/out/kernel",), "linear", 2),
+      Rule(hf + "attention.output.dense.bias", (ours + "attn/out/bias",)),
+      Rule(hf + "layernorm_before.weight", (ours + "attn_norm/scale",)),
+      Rule(hf + "layernorm_before.bias", (ours + "attn_norm/bias",)),
+      Rule(hf + "layernorm_after.weight", (ours + "mlp_norm/scale",)),
+      Rule(hf + "layernorm_after.bias", (ours + "mlp_norm/bias",)),
+      Rule(hf + "intermediate.dense.weight", (ours + "mlp/wi/kernel",), "linear"),
+      Rule(hf + "intermediate.dense.bias", (ours + "mlp/wi/bias",)),
+      Rule(hf + "output.dense.weight", (ours + "mlp/wo/kernel",), "linear"),
+      Rule(hf + "output.dense.bias", (ours + "mlp/wo/bias",)),
+  ]
+
+
 def rules(cfg: ViTConfig) -> list[Rule]:
   """The one-to-one tensors; cls, positions and the patch projection are folded apart."""
-  layer = [
-      *(Rule(f"{LAYER}attention.attention.{n}.weight", (f"{BLOCK}attn/{n}/kernel",), "linear")
-        for n in ("query", "key", "value")),
-      *(Rule(f"{LAYER}attention.attention.{n}.bias", (f"{BLOCK}attn/{n}/bias",))
-        for n in ("query", "key", "value")),
-      Rule(LAYER + "attention.output.dense.weight", (BLOCK + "attn/out/kernel",), "linear", 2),
-      Rule(LAYER + "attention.output.dense.bias", (BLOCK + "attn/out/bias",)),
-      Rule(LAYER + "layernorm_before.weight", (BLOCK + "attn_norm/scale",)),
-      Rule(LAYER + "layernorm_before.bias", (BLOCK + "attn_norm/bias",)),
-      Rule(LAYER + "layernorm_after.weight", (BLOCK + "mlp_norm/scale",)),
-      Rule(LAYER + "layernorm_after.bias", (BLOCK + "mlp_norm/bias",)),
-      Rule(LAYER + "intermediate.dense.weight", (BLOCK + "mlp/wi/kernel",), "linear"),
-      Rule(LAYER + "intermediate.dense.bias", (BLOCK + "mlp/wi/bias",)),
-      Rule(LAYER + "output.dense.weight", (BLOCK + "mlp/wo/kernel",), "linear"),
-      Rule(LAYER + "output.dense.bias", (BLOCK + "mlp/wo/bias",)),
-  ]
-  return [*expand(layer, cfg.num_layers),
+  return [*expand(_layer(LAYER, BLOCK), cfg.num_layers),
           Rule("layernorm.weight", (OURS + "stack/final_norm/scale",)),
           Rule("layernorm.bias", (OURS + "stack/final_norm/bias",)),
           Rule(CONV + "bias", (OURS + "patch_embed/bias",))]
@@ -50,11 +60,17 @@ def config_from_hf(hf: dict, activation: str) -> ViTConfig:
   if not hf.get("qkv_bias", True):
     raise ValueError("qkv_bias=False has no counterpart here (our attention has biases)")
   pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v, v)  # noqa: E731
-  return ViTConfig(image_size=pair(hf["image_size"]), patch_size=pair(hf["patch_size"]),
-                   d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
-                   num_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-                   channels=hf.get("num_channels", 3), pos_emb="learned", use_cls_token=True,
-                   norm="pre", activation=activation, ln_eps=hf.get("layer_norm_eps", 1e-12))
+  cfg = ViTConfig(image_size=pair(hf["image_size"]), patch_size=pair(hf["patch_size"]),
+                  d_model=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+                  num_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+                  channels=hf.get("num_channels", 3), pos_emb="learned", use_cls_token=True,
+                  norm="pre", activation=activation, ln_eps=hf.get("layer_norm_eps", 1e-12))
+  if hf.get("model_type") != MAE_TYPE:
+    return cfg
+  return dataclasses.replace(cfg, dec_d_model=hf["decoder_hidden_size"],
+                             dec_layers=hf["decoder_num_hidden_layers"],
+                             dec_heads=hf["decoder_num_attention_heads"],
+                             dec_d_ff=hf["decoder_intermediate_size"])
 
 
 def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: ViTConfig
@@ -74,7 +90,37 @@ def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: ViTConfig
   positions = tensors.pop(POSITIONS)[0].astype(np.float32)  # (1 + N, D)
   ours[OURS + "cls_token"] = tensors.pop(CLS).astype(np.float32) + positions[0]
   ours[OURS + "pos/learned/table"] = positions[1:]
-  return ours, ["position row 0 (the cls token's) folded into cls_token"]
+  notes = ["position row 0 (the cls token's) folded into cls_token"]
+  if DEC_POSITIONS in tensors:
+    notes += _decoder_to_ours(tensors, shapes, cfg, ours)
+  return ours, notes
+
+
+def _decoder_rules(cfg: ViTConfig) -> list[Rule]:
+  return [*expand(_layer(DEC_LAYER, "decoder/blocks/{i}/"), cfg.dec_layers),
+          *(Rule(f"decoder.decoder_{hf}.{w}", (f"{ours}/{leaf}",), kind)
+            for hf, ours in (("embed", "dec_embed"), ("pred", "dec_pred"))
+            for w, leaf, kind in (("weight", "kernel", "linear"), ("bias", "bias", "vector"))),
+          Rule("decoder.decoder_norm.weight", ("decoder/final_norm/scale",)),
+          Rule("decoder.decoder_norm.bias", ("decoder/final_norm/bias",)),
+          Rule("decoder.mask_token", ("mask_token",))]
+
+
+def _decoder_to_ours(tensors: dict, shapes: dict, cfg: ViTConfig, ours: dict) -> list[str]:
+  """ViTMAEForPreTraining's decoder -> our MAE's. Its position row 0 (the cls token's) is
+  zero in HF's fixed sin-cos table; ours adds none there, so a nonzero row is refused."""
+  for name in [n for n in tensors if n.startswith(LEGACY_DEC_LAYER)]:
+    tensors[DEC_LAYER.split("{")[0] + name.removeprefix(LEGACY_DEC_LAYER)] = tensors.pop(name)
+  for rule in _decoder_rules(cfg):
+    ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
+                             [shapes[o] for o in rule.ours]))
+  positions = tensors.pop(DEC_POSITIONS)[0].astype(np.float32)
+  if np.any(positions[0]):
+    raise ValueError(f"{DEC_POSITIONS}[0] (the cls token's decoder position) is nonzero; "
+                     "our MAE adds no position to the decoder's cls token")
+  ours["dec_pos/learned/table"] = positions[1:]
+  return ["the decoder's fixed sin-cos positions loaded as a learned table (HF's layout, "
+          "not recomputed)"]
 
 
 def to_hf(ours: dict[str, np.ndarray], cfg: ViTConfig) -> tuple[dict[str, np.ndarray], list[str]]:
