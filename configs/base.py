@@ -70,6 +70,7 @@ KEY_DOCS: dict[str, str] = {
     "model.dec_heads": "MAE decoder heads.",
     "model.dec_d_ff": "MAE decoder MLP width.",
     "model.num_decoder_layers": "encoder_decoder, ftp: decoder depth (num_layers is the encoder's).",
+    "model.dec_embeddings": "encoder_decoder: the decoder gets its own learned position table and embedding norm (HF BART's layout; needs pos_emb=learned); False = shared with the encoder (T5).",
     "model.mlm_decoder_layers": "drbert: transformer blocks between the encoder and the MLM output layer, used in pretraining only (the exported encoder has none).",
     "model.branch_layers": "multi_branch: depth of each task branch (ERNIE 3.0's AE and AR task-specific networks) on the shared backbone.",
     "model.branch_d_model": "multi_branch: branch width; linear projections map backbone states down into each branch and back up when it differs from d_model.",
@@ -131,6 +132,7 @@ KEY_DOCS: dict[str, str] = {
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
     "init_from.subtree": "Only load params under this '/'-separated prefix (e.g. 'stack'); '' = all.",
+    "init_from.vocab": "exact: token rows load as they are (same tokenizer); extend: the source run's tokenizer.json and ours are aligned, rows of tokens in both copied, other tokens the mean of the old tokenizer's pieces of their text (pretrain/transfer.py). Learned position tables of another length / square grid load interpolated either way.",
     # teacher (distillation; pretrain/teacher.py)
     "teacher.kind": "none, frozen (loaded from teacher.path, never updated) or ema (a moving average of the student, updated after each optimizer step); distillation objectives need one, the others refuse one.",
     "teacher.path": "Workdir or checkpoint directory of a run, or a Hugging Face directory, the teacher's params are loaded from when a run starts fresh (a resume restores the teacher from the checkpoint). '' = none (an EMA teacher then starts as the student).",
@@ -153,7 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False))
+  c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False,
+                                            dec_embeddings=False))
   c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
@@ -168,7 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.packing = "concat"
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = DEFAULT_RULES
-  c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree=""))
+  c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree="", vocab="exact"))
   c.evaluate = ml_collections.ConfigDict(
       dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
            probe_steps=300))

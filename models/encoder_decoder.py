@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.attention import attention_mask, dot_product_attention
-from models.layers import Dense, MultiHeadAttention
+from models.layers import Dense, LearnedPositions, MultiHeadAttention
 from models.partitioning import constrain
 from models.transformer import (ACT, Block, BlockConfig, TextTransformer, TransformerConfig,
                                 logits_flops_per_token, make_norm, stack_flops_per_token)
@@ -24,8 +24,11 @@ HEADS = ("batch", "length", "act_heads", "act_kv")
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderConfig(TransformerConfig):
-  """`num_layers` encoder blocks and `dec_layers` decoder blocks of the same width."""
+  """`num_layers` encoder blocks and `dec_layers` decoder blocks of the same width;
+  `dec_embeddings`: the decoder has its own learned position table and embedding norm (as
+  BART), else it shares the encoder's (T5)."""
   dec_layers: int = 0
+  dec_embeddings: bool = False
 
   def validate(self) -> None:
     super().validate()
@@ -34,6 +37,8 @@ class EncoderDecoderConfig(TransformerConfig):
     if self.scan_layers or self.remat != "none":
       # TransformerStack builds only `Block`s, so the decoder is a plain list for now.
       raise ValueError("the encoder-decoder does not support scan_layers or remat yet")
+    if self.dec_embeddings and self.pos_emb != "learned":
+      raise ValueError(f"dec_embeddings needs pos_emb='learned', got {self.pos_emb!r}")
 
 
 class CrossAttention(MultiHeadAttention):
@@ -68,6 +73,20 @@ class DecoderBlock(Block):
     return norm(x + branch(x)) if self.post_norm else x + branch(norm(x))
 
 
+class DecoderEmbeddings(nnx.Module):
+  """The decoder's own position table (and embedding norm); the token table stays shared."""
+
+  def __init__(self, cfg: EncoderDecoderConfig, *, rngs: nnx.Rngs):
+    self.pos_embed = LearnedPositions(cfg.max_len, cfg.d_model, init_std=cfg.init_std,
+                                      rngs=rngs)
+    self.embed_norm = make_norm(cfg.block) if cfg.embed_norm else None
+
+  def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    """Token embeddings (B, L, D) float32 -> plus positions, normalised when embed_norm."""
+    x = x + self.pos_embed(positions)
+    return x if self.embed_norm is None else self.embed_norm(x)
+
+
 class EncoderDecoder(TextTransformer):
   """`stack` is the encoder (so `init_from.subtree=stack` can load a BERT-style encoder)."""
 
@@ -76,6 +95,7 @@ class EncoderDecoder(TextTransformer):
     self.dec_blocks = nnx.List([DecoderBlock(cfg.block, rngs=rngs)
                                 for _ in range(cfg.dec_layers)])
     self.dec_norm = make_norm(cfg.block) if cfg.norm == "pre" else None
+    self.dec_embeddings = DecoderEmbeddings(cfg, rngs=rngs) if cfg.dec_embeddings else None
 
   def __call__(self, enc_tokens: jax.Array, dec_tokens: jax.Array, *,
                enc_segment_ids: jax.Array, dec_segment_ids: jax.Array,
@@ -99,7 +119,11 @@ class EncoderDecoder(TextTransformer):
     self_mask = attention_mask("causal", segment_ids=segment_ids)
     cross_mask = attention_mask("bidirectional", segment_ids=segment_ids,
                                 kv_segment_ids=enc_segment_ids)  # (B, 1, Ld, Le)
-    x = self.embed_tokens(tokens, positions)
+    if self.dec_embeddings is None:
+      x = self.embed_tokens(tokens, positions)
+    else:
+      x = constrain(self.dec_embeddings(self.embed(tokens), positions).astype(self.cfg.dtype),
+                    ACT)
     for block in self.dec_blocks:
       x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=positions)
     return x if self.dec_norm is None else constrain(self.dec_norm(x), ACT)

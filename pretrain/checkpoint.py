@@ -21,8 +21,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tokenizers
 from jax.experimental import multihost_utils
 
+from pretrain import transfer
 from pretrain.hf import convert as hf_convert
 from pretrain.model_builders import padded_vocab
 
@@ -182,11 +184,21 @@ class InitReport:
   shape_mismatch: list[str]  # present in the source with another shape: left fresh
   missing: list[str]         # absent from the source: left fresh
   unused: list[str]          # in the source but not in the target
+  # Position tables resized from the source's (pretrain.transfer.resize_positions).
+  interpolated: list[str] = dataclasses.field(default_factory=list)
+  # Vocab-indexed params rebuilt for another tokenizer (init_from.vocab=extend).
+  vocab_mapped: list[str] = dataclasses.field(default_factory=list)
+  notes: list[str] = dataclasses.field(default_factory=list)
 
   def summary(self, title: str = "init_from") -> str:
-    lines = [f"{title}: {len(self.matched)} matched, {len(self.shape_mismatch)} "
+    adapted = "".join(f"{len(paths)} {what}, " for what, paths in (
+        ("interpolated", self.interpolated), ("vocab-mapped", self.vocab_mapped)) if paths)
+    lines = [f"{title}: {len(self.matched)} matched, {adapted}{len(self.shape_mismatch)} "
              f"reshaped->fresh, {len(self.missing)} fresh, {len(self.unused)} unused"]
-    for title, paths in (("fresh (shape differs)", self.shape_mismatch),
+    lines += [f"  {note}" for note in self.notes]
+    for title, paths in (("interpolated", self.interpolated),
+                         ("vocab-mapped", self.vocab_mapped),
+                         ("fresh (shape differs)", self.shape_mismatch),
                          ("fresh (not in source)", self.missing),
                          ("unused source", self.unused)):
       lines += [f"  {title}: {p}" for p in paths]
@@ -198,7 +210,7 @@ def _flat(tree) -> dict[str, Any]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _unflatten_into(flat: dict[str, Any]) -> dict:
+def unflatten(flat: dict[str, Any]) -> dict:
   """'/'-joined paths -> nested dicts with string keys (orbax's on-disk tree)."""
   nested: dict = {}
   for path, leaf in flat.items():
@@ -226,19 +238,141 @@ def _match(source: dict[str, Any], target: dict[str, Any], subtree: str) -> Init
   return report
 
 
-def _load_hf_params(path: str, subtree: str, target_params: Any) -> tuple[dict, InitReport]:
-  """`load_params` for a Hugging Face directory; its tensors without a counterpart here
-  are reported as unused."""
-  imported = hf_convert.import_hf(path)
+TOKENIZER = "tokenizer.json"  # a run records its tokenizer here (pretrain.train)
+
+
+def source_tokenizer(path: str) -> tokenizers.Tokenizer:
+  """The tokenizer a run (workdir, or its checkpoints/ folder) or an HF directory encodes with."""
+  path = os.path.abspath(path)
+  for directory in (path, os.path.dirname(path)):
+    if os.path.isfile(os.path.join(directory, TOKENIZER)):
+      return tokenizers.Tokenizer.from_file(os.path.join(directory, TOKENIZER))
+  raise FileNotFoundError(f"init_from.vocab='extend': no {TOKENIZER} in {path} (runs record "
+                          "theirs at start; for an older run copy its data cache tokenizer there)")
+
+
+def _to_host(report: InitReport, source: dict, target: dict,
+             vocab: transfer.VocabMap | None) -> list[str]:
+  """Source params to read on the host and rebuild: position tables whose length differs,
+  and with `vocab` every vocab-indexed param of the same width."""
+  names = [n for n in report.shape_mismatch
+           if transfer.is_sequence_table(n) or transfer.is_grid_table(n)]
+  if vocab is not None:
+    names += [n for n in report.matched + report.shape_mismatch if transfer.is_vocab_param(n)
+              and tuple(source[n].shape[1:]) == tuple(target[n].shape[1:])
+              and source[n].shape[0] >= vocab.old_size]
+  return names
+
+
+def _rebuild(host: dict[str, np.ndarray], target: dict, vocab: transfer.VocabMap | None,
+             report: InitReport) -> dict[str, jax.Array]:
+  """The target params rebuilt from the host source arrays; moves their names from
+  matched / shape_mismatch to interpolated / vocab_mapped in `report`."""
+  out = {}
+  for name, array in host.items():
+    want = target[name]
+    if vocab is not None and transfer.is_vocab_param(name):
+      new = vocab.apply(array, fresh=multihost_utils.process_allgather(want, tiled=True))
+      report.vocab_mapped.append(name)
+    else:
+      new = transfer.resize_positions(name, array, tuple(want.shape))
+      if new is None:
+        continue
+      report.interpolated.append(name)
+    for kept in (report.matched, report.shape_mismatch):
+      if name in kept:
+        kept.remove(name)
+    out[name] = _on_target(want, np.asarray(new, want.dtype))
+  if vocab is not None and report.vocab_mapped:
+    report.notes.append(vocab.summary())
+  return out
+
+
+def _on_target(want: jax.Array, array: np.ndarray) -> jax.Array:
+  return jax.make_array_from_callback(want.shape, want.sharding, lambda idx: array[idx])
+
+
+def load_params(path: str, step: int, subtree: str, target_params: Any, *,
+                vocab_to: tokenizers.Tokenizer | None = None) -> tuple[dict, InitReport]:
+  """Loads the params of another run (or a Hugging Face directory) that match
+  `target_params` by path and shape.
+
+  `target_params` is the freshly initialised (sharded) params dict; matched leaves are
+  restored straight onto their shardings, everything else keeps its fresh value. Learned
+  position tables of another length or grid are loaded resized (`pretrain.transfer`).
+  With `vocab_to` (the target run's tokenizer), vocab-indexed params are rebuilt from the
+  source tokenizer's rows (init_from.vocab=extend). Only paths under `subtree` (a
+  '/'-separated prefix) are considered.
+  """
+  vocab = (transfer.VocabMap.build(source_tokenizer(path), vocab_to)
+           if vocab_to is not None else None)
   target = _flat(target_params)
-  _pad_vocab(imported.params, target)
-  report = _match(imported.params, target, subtree)
-  report.unused = sorted(report.unused + imported.unused)
-  loaded = {n: jax.make_array_from_callback(target[n].shape, target[n].sharding,
-                                            lambda idx, a=imported.params[n]: a[idx])
-            for n in report.matched}
+  if hf_convert.is_hf_dir(path):
+    if step >= 0:
+      raise ValueError(f"init_from.step={step}: {path!r} is a Hugging Face directory "
+                       "without steps; leave init_from.step at -1")
+    imported = hf_convert.import_hf(path)
+    source = imported.params
+    _pad_vocab(source, target)
+    report = _match(source, target, subtree)
+    report.unused = sorted(report.unused + imported.unused)
+    host = {n: source[n] for n in _to_host(report, source, target, vocab)}
+    loaded = {n: _on_target(target[n], source[n]) for n in report.matched if n not in host}
+  else:
+    manager = _read_only_manager(path)
+    step = _pick_step(manager, path, step)
+    source = _flat(manager.item_metadata(step)[STATE].tree["params"])
+    report = _match(source, target, subtree)
+    host_names = _to_host(report, source, target, vocab)
+    loaded, host = _restore(manager, step, {n: target[n] for n in report.matched
+                                            if n not in host_names},
+                            {n: source[n] for n in host_names})
+    manager.close()
+  loaded.update(_rebuild(host, target, vocab, report))
   treedef = jax.tree.structure(target_params)
   return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
+
+
+def read_params(path: str, step: int = -1) -> dict[str, np.ndarray]:
+  """A run's params at `step` (-1 = latest) on the host, by '/'-joined path."""
+  manager = _read_only_manager(path)
+  step = _pick_step(manager, path, step)
+  _, params = _restore(manager, step, {}, _flat(manager.item_metadata(step)[STATE].tree["params"]))
+  manager.close()
+  return params
+
+
+def _read_only_manager(path: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(checkpoint_dir(path), item_names=(STATE, DATA),
+                               item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def _pick_step(manager: ocp.CheckpointManager, path: str, step: int) -> int:
+  """`step`, or the latest for -1; FileNotFoundError naming the available steps."""
+  step = manager.latest_step() if step < 0 else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(f"init_from.path={path!r}: no checkpoint step "
+                            f"{'(any)' if step is None else step} in {manager.directory}; "
+                            f"available: {manager.all_steps()}")
+  return step
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, on_device: dict[str, jax.Array],
+             on_host: dict[str, Any]) -> tuple[dict[str, jax.Array], dict[str, np.ndarray]]:
+  """Partial restore of `step`'s params: `on_device` onto those (sharded) target leaves,
+  `on_host` (source metadata) as NumPy arrays of the source's shape."""
+  if not on_device and not on_host:
+    return {}, {}
+  device_item = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+                 for k, v in on_device.items()}
+  args = {**_flat(ocp.checkpoint_utils.construct_restore_args(unflatten(device_item))),
+          **{k: ocp.RestoreArgs(restore_type=np.ndarray) for k in on_host}}
+  item = {**device_item, **{k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in on_host.items()}}
+  restored = _flat(manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+      item={"params": unflatten(item)},
+      restore_args={"params": unflatten(args)}, partial_restore=True)}))[STATE]["params"])
+  return ({k: restored[k] for k in on_device}, {k: np.asarray(restored[k]) for k in on_host})
 
 
 def _pad_vocab(source: dict[str, Any], target: dict[str, Any]) -> None:
@@ -250,44 +384,3 @@ def _pad_vocab(source: dict[str, Any], target: dict[str, Any]) -> None:
         and array.shape[0] < want.shape[0] == padded_vocab(array.shape[0])):
       pad = [(0, want.shape[0] - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
       source[name] = np.pad(array, pad)
-
-
-def load_params(path: str, step: int, subtree: str, target_params: Any) -> tuple[dict, InitReport]:
-  """Loads the params of another run (or a Hugging Face directory) that match
-  `target_params` by path and shape.
-
-  `target_params` is the freshly initialised (sharded) params dict; matched leaves are
-  restored straight onto their shardings, everything else keeps its fresh value.
-  Only paths under `subtree` (a '/'-separated prefix) are considered.
-  """
-  if hf_convert.is_hf_dir(path):
-    if step >= 0:
-      raise ValueError(f"init_from.step={step}: {path!r} is a Hugging Face directory "
-                       "without steps; leave init_from.step at -1")
-    return _load_hf_params(path, subtree, target_params)
-  directory = checkpoint_dir(path)
-  manager = ocp.CheckpointManager(directory, item_names=(STATE, DATA),
-                                  item_handlers={STATE: ocp.PyTreeCheckpointHandler()},
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step < 0 else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"init_from.path={path!r}: no checkpoint step "
-                            f"{'(any)' if step is None else step} in {directory}; "
-                            f"available: {manager.all_steps()}")
-  source = _flat(manager.item_metadata(step)[STATE].tree["params"])
-  target = _flat(target_params)
-  report = _match(source, target, subtree)
-  wanted = {name: target[name] for name in report.matched}
-  loaded = {}
-  if wanted:
-    item = {"params": _unflatten_into({k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                                               sharding=v.sharding)
-                                       for k, v in wanted.items()})}
-    restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)}))
-    loaded = _flat(restored[STATE]["params"])
-  manager.close()
-  treedef = jax.tree.structure(target_params)
-  return jax.tree.unflatten(treedef, [loaded.get(n, leaf) for n, leaf in target.items()]), report
-

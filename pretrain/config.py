@@ -24,6 +24,7 @@ from pretrain.registry import MODELS, OBJECTIVES
 
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
+INIT_VOCAB = ("exact", "extend")
 
 
 class ConfigError(ValueError):
@@ -175,7 +176,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.init_from.path:
     _require(os.path.isdir(config.init_from.path),
              f"init_from.path={config.init_from.path!r}: no such directory")
+  _require(config.init_from.vocab in INIT_VOCAB,
+           f"init_from.vocab={config.init_from.vocab!r}; valid: {', '.join(INIT_VOCAB)}")
   objective = OBJECTIVES.get(config.objective.name)
+  _require(config.init_from.vocab == "exact" or (config.init_from.path
+                                                  and objective.modality == "text"),
+           f"init_from.vocab='extend' needs init_from.path and a text objective "
+           f"({objective.name!r} is {objective.modality})")
   _require(not objective.models or config.model.name in objective.models,
            f"model.name={config.model.name!r} cannot run objective {objective.name!r}; "
            f"valid: {', '.join(objective.models)}")

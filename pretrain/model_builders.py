@@ -111,7 +111,8 @@ class EncoderDecoderBuilder(TransformerBuilder):
   def model_config(self, model_cfg, info: DataInfo) -> EncoderDecoderConfig:
     info = dataclasses.replace(info, vocab_size=info.vocab_size + model_cfg.extra_ids)
     return EncoderDecoderConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
-                                dec_layers=model_cfg.num_decoder_layers)
+                                dec_layers=model_cfg.num_decoder_layers,
+                                dec_embeddings=model_cfg.dec_embeddings)
 
   def build(self, cfg: EncoderDecoderConfig, rngs):
     return EncoderDecoder(cfg, rngs=rngs)

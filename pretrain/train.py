@@ -62,10 +62,12 @@ class Run:
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   teacher: teacher_lib.TeacherModel | None = None
+  tokenizer: Any = None  # text runs: the data's Tokenizer, recorded in the workdir
 
 
 def build_data(config, objective: Objective):
-  """(train source, eval source, DataInfo) for the objective's modality."""
+  """(train source, eval source, DataInfo, Tokenizer or None) for the objective's modality."""
+  tok = None
   if objective.modality == "text":
     kind = config.data.get("tokenizer") or objective.tokenizer
     examples = objective.text_examples(config)
@@ -78,7 +80,7 @@ def build_data(config, objective: Objective):
     train_source = pipeline.build_image_dataset(config.data, "train")
     eval_source = pipeline.build_image_dataset(config.data, "validation")
     info = DataInfo(image_shape=tuple(train_source[0]["image"].shape))
-  return train_source, eval_source, info
+  return train_source, eval_source, info, tok
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:
@@ -86,7 +88,7 @@ def setup(config: ml_collections.ConfigDict) -> Run:
   objective = OBJECTIVES.get(config.objective.name)
   builder = MODELS.get(config.model.name)
   try:  # Bad data (empty files, mixed image shapes, ...) is an input error, before compile.
-    train_source, eval_source, info = build_data(config, objective)
+    train_source, eval_source, info, tokenizer = build_data(config, objective)
     model_cfg = builder.model_config(config.model, info)
     model_cfg.validate()  # Now against the data's real shapes (e.g. image size vs patch).
   except (FileNotFoundError, ValueError) as e:
@@ -95,7 +97,9 @@ def setup(config: ml_collections.ConfigDict) -> Run:
     teacher_lib.check_loadable(config)
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  return build_run(config, objective, info, model_cfg, train_source, eval_source)
+  run = build_run(config, objective, info, model_cfg, train_source, eval_source)
+  run.tokenizer = tokenizer
+  return run
 
 
 def build_run(config, objective: Objective, info: DataInfo, model_cfg, train_source,
@@ -300,6 +304,15 @@ def _write_config(workdir: str, config) -> None:
   os.replace(path + ".tmp", path)
 
 
+def _write_tokenizer(workdir: str, tokenizer) -> None:
+  """Copies the run's tokenizer next to its config, where a run continuing from this one
+  with another vocabulary (init_from.vocab=extend) finds it."""
+  if tokenizer is not None:
+    path = os.path.join(workdir, checkpoint.TOKENIZER)
+    tokenizer.hf.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
   config_lib.check_workdir(workdir)
@@ -324,10 +337,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
       else:
         if is_main:
           _write_config(workdir, config)
+          _write_tokenizer(workdir, run.tokenizer)
         state = jax.jit(init_state_fn(run), out_shardings=shardings)(init_rng(config))
         if config.init_from.path:
-          params, report = checkpoint.load_params(config.init_from.path, config.init_from.step,
-                                                  config.init_from.subtree, state["params"])
+          extend = config.init_from.vocab == "extend"
+          try:
+            params, report = checkpoint.load_params(
+                config.init_from.path, config.init_from.step, config.init_from.subtree,
+                state["params"], vocab_to=run.tokenizer.hf if extend else None)
+          except FileNotFoundError as e:
+            raise config_lib.ConfigError(str(e)) from None
           state = {**state, "params": params}
           writer.console(report.summary())
         if run.teacher is not None:

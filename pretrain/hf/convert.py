@@ -1,4 +1,7 @@
-"""Import and export of Hugging Face `config.json` + `model.safetensors` directories.
+"""Import and export of Hugging Face `config.json` + `model.safetensors` directories:
+BertForMaskedLM and GPT2LMHeadModel (rule tables in `Arch`), BartForConditionalGeneration
+(pretrain/hf/bart.py), ViTModel (pretrain/hf/vit.py, as MAE's encoder) and, import only,
+ViTMAEForPreTraining; HF T5 is refused with the reason (`BLOCKED`).
 
   python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
   python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
@@ -17,20 +20,32 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from configs.base import base_config
+from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
+from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
-from pretrain.hf import bert, gpt2
+from pretrain.hf import bart, bert, gpt2, vit
 from pretrain.hf.layout import expand
-from pretrain.model_builders import TransformerBuilder
+from pretrain.model_builders import EncoderDecoderBuilder, MaeBuilder, TransformerBuilder
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
+# model_type -> (module with config_from_hf / to_ours / to_hf, HF activation config key)
+SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act"),
+            vit.MAE_TYPE: (vit, "hidden_act")}
+# Why these have no converter (import names the reason instead of just refusing).
+BLOCKED = {
+    "t5": "HF T5 has relative position bias and scale-only RMSNorm; our encoder_decoder has "
+          "no relative bias (configs/t5.py uses rotary) and LayerNorm with bias, so no exact "
+          "mapping exists",
+}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder(),
+            "mae": MaeBuilder()}
 # Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
 # import also reads "gelu_pytorch_tanh", the same tanh form.
 TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu"}
@@ -47,9 +62,11 @@ def by_path(params) -> dict:
           for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
-def param_shapes(cfg: TransformerConfig) -> dict[str, tuple[int, ...]]:
+def param_shapes(cfg: TransformerConfig | ViTConfig) -> dict[str, tuple[int, ...]]:
+  """Our params' shapes by path; a ViT's as MAE's (its `encoder/` subtree is the ViT)."""
+  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: MAE}.get(type(cfg), TextTransformer)
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: TextTransformer(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: module(cfg, rngs=nnx.Rngs(0)))
   return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
 
 
@@ -65,28 +82,40 @@ class Imported:
   @property
   def overrides(self) -> dict:
     """Config keys that build this model (`--config.<key>=<value>`)."""
+    if isinstance(self.config, ViTConfig):
+      fields = {k: getattr(self.config, k) for k in (
+          "num_layers", "d_model", "num_heads", "d_ff", "patch_size", "channels", "pos_emb",
+          "activation", "ln_eps", "dec_d_model", "dec_layers", "dec_heads", "dec_d_ff")}
+      return {"model.name": "mae", "model.variant": "custom",
+              **{f"model.{k}": v for k, v in fields.items()}}
     fields = {k: getattr(self.config, k) for k in (
         "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
         "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps")}
+    if isinstance(self.config, EncoderDecoderConfig):
+      fields.update(name="encoder_decoder", num_decoder_layers=self.config.dec_layers,
+                    dec_embeddings=self.config.dec_embeddings, extra_ids=0)
     return {"model.variant": "custom", **{f"model.{k}": v for k, v in fields.items()},
             "data.vocab_size": self.config.vocab_size}
 
 
 def import_hf(directory: str) -> Imported:
-  """Reads an HF BertForMaskedLM / GPT2LMHeadModel directory as our params."""
+  """Reads an HF BertForMaskedLM / GPT2LMHeadModel / BartForConditionalGeneration
+  directory as our params."""
   with open(os.path.join(directory, CONFIG)) as f:
     hf_cfg = json.load(f)
+  if hf_cfg.get("model_type") in SEPARATE:
+    return _import_separate(directory, hf_cfg)
+  if hf_cfg.get("model_type") in BLOCKED:
+    raise ValueError(f"{directory}: model_type={hf_cfg['model_type']!r}: "
+                     f"{BLOCKED[hf_cfg['model_type']]}")
   arch = ARCHS.get(hf_cfg.get("model_type"))
   if arch is None:
     raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
-                     f"{sorted(ARCHS)}")
+                     f"{sorted([*ARCHS, *SEPARATE])}")
   hf_cfg = {**arch.hf_defaults(hf_cfg), **{k: v for k, v in hf_cfg.items() if v is not None}}
-  activation = hf_cfg[arch.activation_key]
-  if activation not in FROM_HF_ACT:
-    raise ValueError(f"{arch.activation_key}={activation!r} has no counterpart here; "
-                     f"valid: {sorted(FROM_HF_ACT)}")
   cfg = TransformerConfig(**{ours: hf_cfg[key] for ours, key in arch.sizes.items()},
-                          **arch.fixed, activation=FROM_HF_ACT[activation])
+                          **arch.fixed, activation=_activation(hf_cfg[arch.activation_key],
+                                                               arch.activation_key))
   tensors = {n if n.startswith(arch.prefix) or n.split(".")[0] in arch.heads
              else arch.prefix + n: t for n, t in load_file(os.path.join(directory, WEIGHTS)).items()}
   shapes, ours, notes = param_shapes(cfg), {}, []
@@ -102,6 +131,21 @@ def import_hf(directory: str) -> Imported:
     ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
                              [shapes[o] for o in rule.ours]))
   notes += arch.fold_in(tensors, ours, cfg)
+  return Imported(cfg, ours, sorted(tensors), notes)
+
+
+def _activation(name: str, key: str) -> str:
+  if name not in FROM_HF_ACT:
+    raise ValueError(f"{key}={name!r} has no counterpart here; valid: {sorted(FROM_HF_ACT)}")
+  return FROM_HF_ACT[name]
+
+
+def _import_separate(directory: str, hf_cfg: dict) -> Imported:
+  """BART / ViT: modules with their own config and fold functions (no `Arch` table)."""
+  module, key = SEPARATE[hf_cfg["model_type"]]
+  cfg = module.config_from_hf(hf_cfg, _activation(hf_cfg.get(key, "gelu"), key))
+  tensors = load_file(os.path.join(directory, WEIGHTS))
+  ours, notes = module.to_ours(tensors, param_shapes(cfg), cfg)
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
@@ -123,17 +167,32 @@ def _arch_for(cfg: TransformerConfig):
 def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
   was folded or dropped."""
-  arch = _arch_for(cfg)
-  ours, tensors = {k: np.asarray(v) for k, v in by_path(params).items()}, {}
-  for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
-    tensors[rule.hf] = rule.to_hf([ours.pop(o) for o in rule.ours])
-  notes = arch.fold_out(ours, tensors, cfg)
+  ours = {k: np.asarray(v) for k, v in by_path(params).items()}
+  module = {EncoderDecoderConfig: bart, ViTConfig: vit}.get(type(cfg))
+  if module is not None:
+    wrong = module.check_exportable(cfg)
+    if cfg.activation not in TO_HF_ACT:
+      wrong["activation"] = cfg.activation
+    if wrong:
+      raise ValueError(f"export_hf: no HF {module.ARCHITECTURE} layout for {wrong}")
+    dropped = sorted(k for k in ours if module is vit and not k.startswith(vit.OURS))
+    for k in dropped:
+      del ours[k]
+    tensors, notes = module.to_hf(ours, cfg)
+    notes += ["MAE decoder not exported (ViTModel is the encoder)"] if dropped else []
+    architecture, hf_cfg = module.ARCHITECTURE, module.hf_config(cfg, TO_HF_ACT[cfg.activation])
+  else:
+    arch, tensors = _arch_for(cfg), {}
+    for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):
+      tensors[rule.hf] = rule.to_hf([ours.pop(o) for o in rule.ours])
+    notes = arch.fold_out(ours, tensors, cfg)
+    architecture = arch.architecture
+    hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
+              **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
+              arch.activation_key: TO_HF_ACT[cfg.activation], "dtype": "float32",
+              **arch.extra_config}
   if ours:
-    raise ValueError(f"export_hf: no {arch.architecture} tensor for {sorted(ours)}")
-  hf_cfg = {"architectures": [arch.architecture], "model_type": arch.model_type,
-            **{key: getattr(cfg, ours) for ours, key in arch.sizes.items()},
-            arch.activation_key: TO_HF_ACT[cfg.activation], "dtype": "float32",
-            **arch.extra_config}
+    raise ValueError(f"export_hf: no {architecture} tensor for {sorted(ours)}")
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, CONFIG), "w") as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
@@ -141,31 +200,22 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   return notes
 
 
-def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig]:
+def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig | ViTConfig]:
   """A run's params (numpy, on the host) at `step` (-1 = latest) and its model config."""
   with open(os.path.join(workdir, CONFIG)) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  if config.model.name != "transformer":
-    raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers 'transformer'")
-  manager = ocp.CheckpointManager(
-      checkpoint.checkpoint_dir(workdir), item_names=(checkpoint.STATE, checkpoint.DATA),
-      item_handlers={checkpoint.STATE: ocp.PyTreeCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step < 0 else step
-  if step not in manager.all_steps():
-    raise FileNotFoundError(f"{workdir}: no checkpoint step {step}; available: "
-                            f"{manager.all_steps()}")
-  item = {"params": manager.item_metadata(step)[checkpoint.STATE].tree["params"]}
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      checkpoint.STATE: ocp.args.PyTreeRestore(
-          item=item, partial_restore=True,
-          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))}))
-  manager.close()
-  params = restored[checkpoint.STATE]["params"]
-  info = DataInfo(vocab_size=params["embed"]["table"].shape[0])
+  if config.model.name not in BUILDERS:
+    raise ValueError(f"{workdir}: model.name={config.model.name!r}; export covers "
+                     f"{', '.join(BUILDERS)}")
+  params = checkpoint.unflatten(checkpoint.read_params(workdir, step))
   model_cfg = base_config().model  # defaults for keys newer than the run (embed_norm)
   model_cfg.update(config.model)
-  return params, TransformerBuilder().model_config(model_cfg, info)
+  if config.model.name == "mae":  # image size and channels as the recipe states them
+    info = DataInfo()
+  else:  # The encoder-decoder builder adds extra_ids to the data's vocabulary; the table has both.
+    extra = model_cfg.get("extra_ids", 0) if config.model.name == "encoder_decoder" else 0
+    info = DataInfo(vocab_size=params["embed"]["table"].shape[0] - extra)
+  return params, BUILDERS[config.model.name].model_config(model_cfg, info)
 
 
 def main(argv: list[str]) -> int:
