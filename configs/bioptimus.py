@@ -18,10 +18,10 @@ from __future__ import annotations
 from configs import bert
 
 # Not implemented: the contextualized weight distillation that initialises new biomedical
-# vocabulary from BERT's weights (and continued pretraining from BERT with an extended
-# vocabulary), the PubMed corpus (we train on the built-in corpora), the paper's own phase
+# vocabulary from BERT's weights (the simpler BIOptimus-style init, each new token the mean
+# of its old pieces, is `--config.init_from.vocab=extend` with init_from.path=<BERT run>), the PubMed corpus (we train on the built-in corpora), the paper's own phase
 # schedule (see above), and what configs/bert.py lists.
-NOT_IMPLEMENTED = ("contextualized_weight_distillation", "vocabulary_extension",
+NOT_IMPLEMENTED = ("contextualized_weight_distillation",
                    "pubmed_corpus", "paper_curriculum_schedule", *bert.NOT_IMPLEMENTED)
 
 
