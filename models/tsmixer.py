@@ -23,6 +23,7 @@ built (see configs/ttm.py NOT_IMPLEMENTED).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,14 @@ from models.partitioning import constrain
 from models.transformer import DTYPES, check_choice
 
 ACT = ("batch", "length", "act_embed")
+
+
+def dense(in_shape, out_dim: int, axes, cfg: "TTMConfig", rngs: nnx.Rngs, **kw) -> Dense:
+  """A Dense with PyTorch's default variance, 1 / (3 fan_in) (TTM's `init_linear=pytorch`):
+  a tiny mixer needs its signal to reach the head at init, which 0.02 does not give."""
+  fan_in = math.prod(in_shape) if isinstance(in_shape, tuple) else in_shape
+  return Dense(in_shape, out_dim, axes, dtype=cfg.dtype, init_std=(3 * fan_in) ** -0.5,
+               rngs=rngs, **kw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +92,14 @@ def patchify_series(x: jax.Array, patch_len: int, stride: int) -> jax.Array:
 
 
 class MixerMlp(nnx.Module):
-  """Mixes the last axis: dim -> dim * expansion -> dim (exact GELU), then optionally the
+  """Mixes the last axis: dim -> dim * expansion -> dim (exact GELU), then (`gated_attn`) the
   gated attention x * softmax(W x) over the same axis."""
 
-  def __init__(self, dim: int, expansion: int, axis: str, gated: bool, *, dtype,
-               rngs: nnx.Rngs):
-    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=0.02, rngs=rngs)
-    self.wi = dense(dim, dim * expansion, (axis, "mlp"))
-    self.wo = dense(dim * expansion, dim, ("mlp", axis))
-    self.gate = dense(dim, dim, (axis, None)) if gated else None
+  def __init__(self, dim: int, axis: str, cfg: TTMConfig, *, rngs: nnx.Rngs):
+    hidden = dim * cfg.expansion
+    self.wi = dense(dim, hidden, (axis, "mlp"), cfg, rngs)
+    self.wo = dense(hidden, dim, ("mlp", axis), cfg, rngs)
+    self.gate = dense(dim, dim, (axis, None), cfg, rngs) if cfg.gated_attn else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.wo(gelu(self.wi(x), "gelu_exact"))
@@ -106,11 +114,9 @@ class MixerLayer(nnx.Module):
 
   def __init__(self, num_patches: int, dim: int, cfg: TTMConfig, *, rngs: nnx.Rngs):
     self.patch_norm = LayerNorm(dim, eps=cfg.ln_eps, dtype=cfg.dtype)
-    self.patch_mix = MixerMlp(num_patches, cfg.expansion, "patch", cfg.gated_attn,
-                              dtype=cfg.dtype, rngs=rngs)
+    self.patch_mix = MixerMlp(num_patches, "patch", cfg, rngs=rngs)
     self.feature_norm = LayerNorm(dim, eps=cfg.ln_eps, dtype=cfg.dtype)
-    self.feature_mix = MixerMlp(dim, cfg.expansion, "embed", cfg.gated_attn,
-                                dtype=cfg.dtype, rngs=rngs)
+    self.feature_mix = MixerMlp(dim, "embed", cfg, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     mixed = self.patch_mix(jnp.swapaxes(self.patch_norm(x), 1, 2))  # (B, D, N)
@@ -141,17 +147,16 @@ class TinyTimeMixer(nnx.Module):
   def __init__(self, cfg: TTMConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     n, d = cfg.num_patches, cfg.d_model
-    dense = lambda i, o, axes: Dense(i, o, axes, dtype=cfg.dtype, init_std=0.02, rngs=rngs)
-    self.patch_embed = dense(cfg.patch_len, d, (None, "embed"))
-    self.resolution_embed = (Embed(cfg.num_resolutions, d, init_std=0.02, rngs=rngs)
+    self.patch_embed = dense(cfg.patch_len, d, (None, "embed"), cfg, rngs)
+    self.resolution_embed = (Embed(cfg.num_resolutions, d, init_std=1.0, rngs=rngs)
                              if cfg.num_resolutions else None)
     self.encoder = nnx.List([
         MixerBlock(n, d, cfg.num_layers, 2 ** level, cfg, rngs=rngs)
         for level in reversed(range(max(cfg.adaptive_levels, 1)))])
-    self.adapter = dense(d, cfg.decoder_d_model, ("embed", None))
+    self.adapter = dense(d, cfg.decoder_d_model, ("embed", None), cfg, rngs)
     self.decoder = MixerBlock(n, cfg.decoder_d_model, cfg.decoder_layers, 1, cfg, rngs=rngs)
-    self.head = Dense((n, cfg.decoder_d_model), cfg.horizon, ("patch", None, None),
-                      dtype=cfg.dtype, init_std=0.02, rngs=rngs, out_dtype="float32")
+    self.head = dense((n, cfg.decoder_d_model), cfg.horizon, ("patch", None, None), cfg, rngs,
+                      out_dtype="float32")
     self.cfg = cfg
 
   def encode(self, context: jax.Array, resolution: jax.Array) -> jax.Array:
