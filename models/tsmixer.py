@@ -10,9 +10,9 @@ weights, which is what keeps TTM under 1M parameters.
 TTM's additions kept here:
 - adaptive patching: level i of the encoder reshapes (N patches, D features) into
   (N * 2^i, D / 2^i), so early levels see finer, shorter patches and the last the patches
-  as cut (§3.2; levels run coarse-grained last, like TTM's `reversed(range(levels))`);
+  as cut (levels run finest first, like TTM's `reversed(range(levels))`);
 - resolution prefix: a learned embedding of the series' sampling resolution is prepended
-  as one extra patch, so one model can tell yearly from weekly data (§3.2);
+  as one extra patch, so one model can tell yearly from weekly data;
 - a small decoder (a narrower TSMixer) after a linear adapter, and a linear head from the
   flattened decoder patches to the `horizon` forecast values.
 

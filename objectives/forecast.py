@@ -4,7 +4,7 @@ context window, predict the next `horizon` standardised values; the loss is thei
 The windows come standardised by their context's statistics (pretrain/data/series.py), so
 series of any scale weigh alike and the loss is comparable to the naive forecast's, which
 repeats the last context value: `naive_mse` is logged beside the loss as the bar a model
-has to clear (TTM pretrains with MSE on scaled values too, §3).
+has to clear (TTM's pretraining loss is the MSE of scaled values too).
 """
 from __future__ import annotations
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from objectives.base import DataInfo, ModelDef
+from models.tsmixer import TTMConfig, TinyTimeMixer, patchify_series
+from objectives.base import ModelDef
 from pretrain import config as config_lib
 from pretrain import main as main_lib
 from pretrain.data import pipeline, series
 from pretrain.model_builders import TTMBuilder
 from pretrain.registry import OBJECTIVES
 from pretrain.train import read_metrics
-from models.tsmixer import TTMConfig, TinyTimeMixer, patchify_series
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
