@@ -105,8 +105,13 @@ def tiny_model():
                   num_layers=1, expansion=2, adaptive_levels=2, decoder_d_model=4,
                   decoder_layers=1, num_resolutions=4)
   with nnx.use_eager_sharding(False):
-    graphdef, params = nnx.split(TinyTimeMixer(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  model_def, params = ModelDef(graphdef), nnx.to_pure_dict(params)
+    graphdef, abstract = nnx.split(
+        nnx.eval_shape(lambda: TinyTimeMixer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  # Random params drawn in NumPy: an eager init compiles one kernel per param shape.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32),
+                        nnx.to_pure_dict(abstract))
+  model_def = ModelDef(graphdef)
   forward = jax.jit(lambda p, context, resolution: model_def.bind(p)(context, resolution))
   return model_def, params, lambda context, resolution: forward(params, context, resolution)
 
