@@ -34,6 +34,12 @@ from models.partitioning import constrain
 from models.transformer import DTYPES, check_choice
 
 ACT = ("batch", "length", "act_embed")
+# TTMConfig field -> the config key that sets it (for error messages).
+_CONFIG_KEYS = {"context_len": "data.context_len", "horizon": "data.horizon",
+                "patch_len": "model.patch_len", "patch_stride": "model.patch_stride",
+                "d_model": "model.d_model", "num_layers": "model.num_layers",
+                "expansion": "model.expansion_factor", "decoder_d_model": "model.decoder_d_model",
+                "decoder_layers": "model.decoder_num_layers"}
 
 
 def dense(in_shape, out_dim: int, axes, cfg: "TTMConfig", rngs: nnx.Rngs, **kw) -> Dense:
@@ -69,10 +75,9 @@ class TTMConfig:
 
   def validate(self) -> None:
     check_choice("model.dtype", self.dtype, DTYPES)
-    for key in ("context_len", "horizon", "patch_len", "patch_stride", "d_model", "num_layers",
-                "expansion", "decoder_d_model", "decoder_layers"):
-      if getattr(self, key) <= 0:
-        raise ValueError(f"{key}={getattr(self, key)}: must be > 0")
+    for field, key in _CONFIG_KEYS.items():
+      if getattr(self, field) <= 0:
+        raise ValueError(f"{key}={getattr(self, field)}: must be > 0")
     if self.patch_len > self.context_len:
       raise ValueError(f"model.patch_len={self.patch_len} exceeds data.context_len="
                        f"{self.context_len}")

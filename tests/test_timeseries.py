@@ -159,6 +159,7 @@ def test_paper_size_builds_abstractly_with_the_released_param_count():
 
 @pytest.mark.parametrize("args,expected", [
     (["--config.data.horizon=0"], "data.horizon=0: must be > 0"),
+    (["--config.model.decoder_num_layers=0"], "model.decoder_num_layers=0: must be > 0"),
     (["--config.model.patch_len=64"], "model.patch_len=64 exceeds data.context_len=32"),
     (["--config.data.source=shakespeare"], "data.source='shakespeare' cannot feed objective "
      "'forecast' (series); valid: statsmodels_series"),

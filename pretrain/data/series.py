@@ -22,7 +22,9 @@ last `HELDOUT_FRACTION` of each series is held out: training windows end before 
 validation windows forecast inside it (their context may reach back into the training
 part, as in any time-based split). Both parts of a window are standardised with the
 context's mean and standard deviation only (RevIN, Kim et al. 2022; TTM's per-window
-scaling), so the forecast target never leaks into the input's scale.
+scaling), so the forecast target never leaks into the input's scale. Every window counts
+once, so long series weigh more: with context 32 + horizon 8, co2 gives 1788 of the 4227
+training windows, nile 41.
 """
 from __future__ import annotations
 
