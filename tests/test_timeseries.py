@@ -77,6 +77,20 @@ def test_windows_are_standardised_by_their_context_only():
       ctx.var() + series.SCALE_EPS), rtol=1e-6)
 
 
+def test_downsampling_averages_only_the_training_part_by_hand():
+  np.testing.assert_array_equal(series.downsample(np.arange(1.0, 8.0), 3), [2, 5])
+  monthly = np.arange(30.0)  # 20% held out: months 24..29 never reach the coarser series
+  parts = series.downsampled_training_parts({"m": ("monthly", monthly)})
+  assert sorted(parts) == ["m@quarterly", "m@yearly"]
+  np.testing.assert_array_equal(parts["m@quarterly"][1], [1, 4, 7, 10, 13, 16, 19, 22])
+  np.testing.assert_array_equal(parts["m@yearly"][1], [5.5, 17.5])
+  assert parts["m@yearly"][0] == "yearly"
+  with_parts = series.SeriesWindows({"m": ("monthly", monthly)}, 4, 2, "train", parts)
+  assert len(with_parts) == 19 + 3  # 19 monthly windows before the cut + 3 quarterly
+  with pytest.raises(ValueError, match="training windows, not 'validation'"):
+    series.SeriesWindows({"m": ("monthly", monthly)}, 4, 2, "validation", parts)
+
+
 def test_every_split_yields_windows_of_the_configured_shape():
   data = _load("tiny").data
   for split in ("train", "validation"):

@@ -45,6 +45,10 @@ SERIES_SOURCES = ("statsmodels_series",)
 # TTM's resolution prefix vocabulary, here the resolutions these series come in.
 RESOLUTIONS = ("weekly", "monthly", "quarterly", "yearly")
 HELDOUT_FRACTION = 0.2
+# Exact coarsenings (resolution -> coarser resolution: values per block) for
+# `data.downsample`; weekly has none (a month is not a whole number of weeks).
+DOWNSAMPLE = {("monthly", "quarterly"): 3, ("monthly", "yearly"): 12,
+              ("quarterly", "yearly"): 4}
 SCALE_EPS = 1e-5  # Added to the context variance: a flat context scales by ~1, not by 0.
 _MACRO_COLUMNS = ("realgdp", "realcons", "realinv", "realgovt", "realdpi", "cpi", "m1",
                   "tbilrate", "unemp", "pop", "infl", "realint")
@@ -94,7 +98,7 @@ def window_starts(length: int, context_len: int, horizon: int, split: str,
   """Start offsets of the `split` windows of a series of `length` values (see above)."""
   if split not in _SPLITS:
     raise ValueError(f"unknown series split {split!r}; valid: {', '.join(_SPLITS)}")
-  cut = length - int(round(length * heldout_fraction))
+  cut = _cut(length, heldout_fraction)
   window = context_len + horizon
   if split == "train":
     return np.arange(0, cut - window + 1)
@@ -114,13 +118,18 @@ class SeriesWindows:
   resolution int32 () (an index into `RESOLUTIONS`)."""
 
   def __init__(self, series: dict[str, tuple[str, np.ndarray]], context_len: int,
-               horizon: int, split: str):
+               horizon: int, split: str, extra_train: dict | None = None):
+    """`extra_train`: series (like `series`) all of whose windows are training windows,
+    e.g. `downsampled_training_parts`; train split only."""
+    if extra_train and split != "train":
+      raise ValueError(f"extra_train windows are training windows, not {split!r} ones")
     windows, resolutions = [], []
-    for resolution, values in series.values():
-      starts = window_starts(len(values), context_len, horizon, split)
-      offsets = starts[:, None] + np.arange(context_len + horizon)
-      windows.append(standardize(values[offsets], context_len))
-      resolutions.append(np.full(len(starts), RESOLUTIONS.index(resolution), np.int32))
+    for group, heldout in ((series, HELDOUT_FRACTION), (extra_train or {}, 0.0)):
+      for resolution, values in group.values():
+        starts = window_starts(len(values), context_len, horizon, split, heldout)
+        offsets = starts[:, None] + np.arange(context_len + horizon)
+        windows.append(standardize(values[offsets], context_len))
+        resolutions.append(np.full(len(starts), RESOLUTIONS.index(resolution), np.int32))
     self.windows = np.concatenate(windows).astype(np.float32)
     self.resolutions = np.concatenate(resolutions)
     self.context_len = context_len
@@ -137,12 +146,38 @@ class SeriesWindows:
             "resolution": self.resolutions[i]}
 
 
+def _cut(length: int, heldout_fraction: float) -> int:
+  """Where the held-out tail of a series of `length` values starts."""
+  return length - int(round(length * heldout_fraction))
+
+
+def downsample(values: np.ndarray, factor: int) -> np.ndarray:
+  """Means of consecutive blocks of `factor` values (a partial last block is dropped)."""
+  n = len(values) // factor
+  return values[:n * factor].reshape(n, factor).mean(1)
+
+
+def downsampled_training_parts(series: dict[str, tuple[str, np.ndarray]]
+                               ) -> dict[str, tuple[str, np.ndarray]]:
+  """TTM's augmentation by downsampling: each series' training part (before its held-out
+  cut, so nothing held out leaks) averaged to every coarser resolution in `DOWNSAMPLE`, e.g.
+  monthly El Nino into quarterly and yearly means, under the coarser resolution's id."""
+  out = {}
+  for name, (resolution, values) in series.items():
+    for (source, target), factor in DOWNSAMPLE.items():
+      if source == resolution:
+        train_part = values[:_cut(len(values), HELDOUT_FRACTION)]
+        out[f"{name}@{target}"] = (target, downsample(train_part, factor))
+  return out
+
+
 def build_series_windows(data_cfg, split: str, cache_dir: str) -> SeriesWindows:
   if data_cfg.source not in SERIES_SOURCES:
     raise ValueError(f"unknown series source {data_cfg.source!r}; valid: "
                      f"{', '.join(SERIES_SOURCES)}")
-  return SeriesWindows(read_statsmodels_series(cache_dir), data_cfg.context_len,
-                       data_cfg.horizon, split)
+  series = read_statsmodels_series(cache_dir)
+  extra = downsampled_training_parts(series) if split == "train" and data_cfg.downsample else None
+  return SeriesWindows(series, data_cfg.context_len, data_cfg.horizon, split, extra)
 
 
 def data_info(data_cfg) -> DataInfo:
