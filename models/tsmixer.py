@@ -42,7 +42,7 @@ _CONFIG_KEYS = {"context_len": "data.context_len", "horizon": "data.horizon",
                 "decoder_layers": "model.decoder_num_layers"}
 
 
-def dense(in_shape, out_dim: int, axes, cfg: "TTMConfig", rngs: nnx.Rngs, **kw) -> Dense:
+def dense(in_shape, out_dim: int, axes, cfg: TTMConfig, rngs: nnx.Rngs, **kw) -> Dense:
   """A Dense with PyTorch's default variance, 1 / (3 fan_in) (TTM's `init_linear=pytorch`):
   a tiny mixer needs its signal to reach the head at init, which 0.02 does not give."""
   fan_in = math.prod(in_shape) if isinstance(in_shape, tuple) else in_shape

@@ -68,7 +68,7 @@ class Objective:
 
   name: str = ""
   modality: str = ""  # "text", "image" or "series": which data builder feeds it
-  unit: str = ""      # "tokens" or "images": what throughput counts
+  unit: str = ""      # "tokens", "images" or "windows": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
   models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any
   uses_teacher: bool = False  # loss_fn takes `teacher=` and needs teacher.kind != none
