@@ -35,6 +35,7 @@ class DataInfo:
   special_ids: tuple[int, ...] = ()
   sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
   image_shape: tuple[int, ...] = ()  # (H, W, C)
+  series_shape: tuple[int, ...] = ()  # (context_len, horizon, resolution ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +67,8 @@ class Objective:
   """Base class; subclasses register an instance with `@register("name")`."""
 
   name: str = ""
-  modality: str = ""  # "text" or "image": which data builder feeds it
-  unit: str = ""      # "tokens" or "images": what throughput counts
+  modality: str = ""  # "text", "image" or "series": which data builder feeds it
+  unit: str = ""      # "tokens", "images" or "windows": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
   models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any
   uses_teacher: bool = False  # loss_fn takes `teacher=` and needs teacher.kind != none

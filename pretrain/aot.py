@@ -24,6 +24,7 @@ import objectives  # noqa: F401  (registers objectives)
 import pretrain.model_builders  # noqa: F401  (registers models)
 from objectives.base import DataInfo
 from pretrain import config as config_lib, metrics as metrics_lib, sharding, train
+from pretrain.data import series
 from pretrain.data.packing import pack_documents
 from pretrain.data.sources import image_example
 from pretrain.registry import MODELS, OBJECTIVES
@@ -106,6 +107,8 @@ def data_info(config, objective) -> DataInfo:
   if objective.modality == "text":
     return DataInfo(seq_len=config.data.seq_len, vocab_size=config.data.vocab_size,
                     mask_id=1, special_ids=(0, 1))
+  if objective.modality == "series":
+    return series.data_info(config.data)
   return DataInfo(image_shape=(*config.model.image_size, config.model.channels))
 
 
@@ -128,6 +131,8 @@ def abstract_batch(run: train.Run) -> dict[str, jax.ShapeDtypeStruct]:
     ids = np.arange(info.seq_len, dtype=np.int32) % info.vocab_size
     rows = pack_documents([ids], [np.ones(info.seq_len, bool)], info.seq_len, eos_id=0)
     example = {k: v[0] for k, v in rows.items()}
+  elif run.objective.modality == "series":
+    example = series.example(info)
   else:
     example = image_example(np.zeros(info.image_shape, np.uint8), 0)
   transform = run.objective.host_transform(run.config, info)

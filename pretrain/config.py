@@ -186,7 +186,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(not objective.models or config.model.name in objective.models,
            f"model.name={config.model.name!r} cannot run objective {objective.name!r}; "
            f"valid: {', '.join(objective.models)}")
-  sources = pipeline.TEXT_SOURCES if objective.modality == "text" else pipeline.IMAGE_SOURCES
+  sources = pipeline.SOURCES[objective.modality]
   _require(config.data.source in sources,
            f"data.source={config.data.source!r} cannot feed objective {objective.name!r} "
            f"({objective.modality}); valid: {', '.join(sources)}")

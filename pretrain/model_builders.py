@@ -15,6 +15,7 @@ from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
 from models.transformer import TextTransformer, TransformerConfig
+from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
@@ -203,3 +204,32 @@ class FutureTokenBuilder(TransformerBuilder):
 
 MODELS.register("multi_token")(MultiTokenBuilder())
 MODELS.register("ftp")(FutureTokenBuilder())
+
+
+class TTMBuilder:
+  """Tiny Time Mixers (Ekambaram et al. 2024): `TinyTimeMixer`; window and horizon come
+  from the data (`DataInfo.series_shape`), the resolution prefix from `model.resolution_prefix`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TTMConfig:
+    if model_cfg.scan_layers or model_cfg.remat != "none":
+      raise ValueError("model.scan_layers / model.remat: the ttm mixer has no transformer "
+                       "stack to scan or remat; leave them false / none")
+    context_len, horizon, resolutions = info.series_shape or (
+        model_cfg.patch_len, 1, 1)  # Structure checks only (validate) before data exists.
+    return TTMConfig(
+        context_len=context_len, horizon=horizon, patch_len=model_cfg.patch_len,
+        patch_stride=model_cfg.patch_stride, d_model=model_cfg.d_model,
+        num_layers=model_cfg.num_layers, expansion=model_cfg.expansion_factor,
+        adaptive_levels=model_cfg.adaptive_levels, decoder_d_model=model_cfg.decoder_d_model,
+        decoder_layers=model_cfg.decoder_num_layers,
+        num_resolutions=resolutions if model_cfg.resolution_prefix else 0,
+        gated_attn=model_cfg.gated_attn, ln_eps=model_cfg.ln_eps, dtype=model_cfg.dtype)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: TTMConfig, rngs):
+    return TinyTimeMixer(cfg, rngs=rngs)
+
+
+MODELS.register("ttm")(TTMBuilder())

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from objectives.base import DataInfo, ModelDef, Objective, Teacher
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain import teacher as teacher_lib
-from pretrain.data import pipeline
+from pretrain.data import pipeline, series
 from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
 
@@ -76,6 +76,10 @@ def build_data(config, objective: Objective):
     info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                     mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids),
                     sentence_end_ids=tok.sentence_end_ids())
+  elif objective.modality == "series":
+    train_source, eval_source = (pipeline.build_series_dataset(config.data, split)
+                                 for split in ("train", "validation"))
+    info = series.data_info(config.data)
   else:
     train_source = pipeline.build_image_dataset(config.data, "train")
     eval_source = pipeline.build_image_dataset(config.data, "validation")

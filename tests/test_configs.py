@@ -36,7 +36,8 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
             + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
             + [("arch_grid", f"{size}{cell}") for size in ("tiny:", "")
-               for cell in ("cd_flm", "cd_mlm", "nd_plm", "nd_mlm", "ed_plm", "ed_mlm")])
+               for cell in ("cd_flm", "cd_mlm", "nd_plm", "nd_mlm", "ed_plm", "ed_mlm")]
+            + [("ttm", v) for v in ("tiny", "512-96")])
 
 
 def load(recipe: str, variant: str):
