@@ -42,6 +42,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.contrastive_temperature": "e2s2: InfoNCE temperature on cosine similarities of mean-pooled encoder states (E2S2 code: 1.0).",
     "objective.future_decay": "multi_token / ftp: the loss for token t+k is weighted decay^(k-1) in the average over the N future tokens (1.0 = plain mean, Gloeckle et al.; FTP decays).",
     "objective.block_size": "next_block: tokens per block; attention is bidirectional inside a block and causal across blocks (blocks = positions // block_size, restarting per packed segment), and each token predicts the one block_size ahead.",
+    "objective.mimic_weight": "mr_mae, self_distill_mae: weight of the mean squared distance between the student's visible encoder tokens and the frozen teacher's (MR-MAE: per-token normalised teacher tokens of the whole image; self-distillation: hidden states on the same visible patches), added to MAE's pixel loss.",
     "objective.global_crop_size": "dino: side of the 2 global crops (random resized crops + flips) the teacher and student see; a multiple of model.patch_size (DINOv2: 224).",
     "objective.local_crop_size": "dino: side of the local crops only the student sees; a multiple of model.patch_size, the ViT interpolates its positions to their grid (DINOv2: 98).",
     "objective.local_crops": "dino: local crops per image (DINO: 8; 0 = global crops only).",

@@ -35,7 +35,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("graphcodebert", v) for v in ("tiny", "base")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
             + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
-            + [("dino", v) for v in ("tiny", "B/14")])
+            + [("dino", v) for v in ("tiny", "B/14")]
+            + [("mr_mae", v) for v in ("tiny", "B/16")]
+            + [("self_distill", v) for v in ("tiny_teacher", "tiny_student", "B/16_teacher",
+                                             "B/16_student")])
 
 
 def load(recipe: str, variant: str):

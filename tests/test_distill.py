@@ -242,3 +242,51 @@ def test_dino_tiny_trains_through_main(tmp_path):
   kl = [r["loss"] - r["teacher_entropy"] for r in records]
   assert min(kl) > -1e-4 and np.mean(kl[-3:]) < 0.3 * kl[0], kl
   assert all(0 < r["teacher_entropy"] < math.log(256) for r in records), records
+
+
+# --- MR-MAE and self-distillation on MAE -------------------------------------------------
+
+
+def _mae_run(workdir, recipe: str, steps: int, *args) -> list[dict]:
+  assert main_lib.main([f"--config={ROOT}/configs/{recipe}", f"--workdir={workdir}",
+                        f"--config.train.steps={steps}", "--config.train.log_every=2",
+                        "--config.train.eval_every=0", "--config.train.global_batch=16",
+                        "--config.optim.warmup_steps=2",
+                        *args]) == 0
+  return [r for r in train.read_metrics(str(workdir)) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def mae_runs(tmp_path_factory):
+  """(initial MAE run, its further-pretrained teacher): self-distillation's stage 0 and 1;
+  the teacher is MR-MAE's teacher too."""
+  root = tmp_path_factory.mktemp("mae")
+  _mae_run(root / "initial", "mae.py:tiny", 8)
+  _mae_run(root / "teacher", "self_distill.py:tiny_teacher", 8,
+           f"--config.init_from.path={root / 'initial'}")
+  return root / "initial", root / "teacher"
+
+
+def _falls(curve: list[float], factor: float) -> bool:
+  return np.mean(curve[-2:]) < factor * np.mean(curve[:2])
+
+
+def test_mr_mae_tiny_mimics_a_frozen_mae_teacher_through_main(mae_runs, tmp_path, capsys):
+  _, teacher = mae_runs
+  records = _mae_run(tmp_path, "mr_mae.py:tiny", 12, f"--config.teacher.path={teacher}")
+  assert "teacher: " in capsys.readouterr().out
+  mimic = [r["mimic_loss"] for r in records]
+  pixel = [r["pixel_loss"] for r in records]
+  np.testing.assert_allclose([r["loss"] for r in records], np.add(mimic, pixel), rtol=1e-5)
+  assert _falls(mimic, 0.7) and _falls(pixel, 0.9), (mimic, pixel)
+
+
+def test_self_distillation_student_starts_from_the_initial_model(mae_runs, tmp_path, capsys):
+  initial, teacher = mae_runs
+  records = _mae_run(tmp_path, "self_distill.py:tiny_student", 12,
+                     f"--config.init_from.path={initial}", f"--config.teacher.path={teacher}")
+  out = capsys.readouterr().out
+  assert "teacher: " in out and "matched" in out
+  distance = [r["mimic_loss"] for r in records]
+  pixel = [r["pixel_loss"] for r in records]
+  assert _falls(pixel, 0.9) and _falls(distance, 0.7), (pixel, distance)
