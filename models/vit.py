@@ -124,18 +124,30 @@ class ViTConfig:
 
 
 class PatchPositions(nnx.Module):
-  """Position embedding of grid patches: fixed sin-cos (no param) or learned."""
+  """Position embedding of grid patches: fixed sin-cos (no param) or learned. Another grid
+  (DINO's smaller local crops) gets the table bilinearly resized to it, so a crop's corners
+  keep the image corners' positions (DINO's `interpolate_pos_encoding`, bilinear here)."""
 
   def __init__(self, cfg: ViTConfig, dim: int, *, rngs: nnx.Rngs):
     self.grid, self.dim = cfg.grid, dim
     self.learned = (LearnedPositions(cfg.num_patches, dim, init_std=cfg.init_std, rngs=rngs)
                     if cfg.pos_emb == "learned" else None)
 
-  def __call__(self, patch_idx: jax.Array) -> jax.Array:
-    """patch_idx (B, n) int -> (B, n, dim) float32."""
-    if self.learned is not None:
-      return self.learned(patch_idx)
-    return jnp.take(sincos_grid_positions(self.grid, self.dim), patch_idx, axis=0)
+  def table(self, grid: tuple[int, ...] | None = None) -> jax.Array:
+    """(prod(grid), dim) float32 positions of `grid` (default the config's): the config's
+    table resized with half-pixel-centred linear interpolation, no antialiasing."""
+    full = (self.learned.table[...] if self.learned is not None
+            else sincos_grid_positions(self.grid, self.dim))
+    grid = tuple(grid or self.grid)
+    if grid == self.grid:
+      return full
+    resized = jax.image.resize(full.reshape(self.grid + (self.dim,)), grid + (self.dim,),
+                               "linear", antialias=False)
+    return resized.reshape(-1, self.dim)
+
+  def __call__(self, patch_idx: jax.Array, grid: tuple[int, ...] | None = None) -> jax.Array:
+    """patch_idx (B, n) int into `grid` (default the config's) -> (B, n, dim) float32."""
+    return jnp.take(self.table(grid), patch_idx, axis=0)
 
 
 class ViT(nnx.Module):
@@ -151,9 +163,11 @@ class ViT(nnx.Module):
                                    cfg.init_std) if cfg.use_cls_token else None)
     self.stack = TransformerStack(cfg.encoder_block, cfg.num_layers, rngs=rngs)
 
-  def embed(self, patches: jax.Array, patch_idx: jax.Array) -> jax.Array:
-    """patches (B, n, P) at grid indices patch_idx (B, n) -> (B, n, D)."""
-    x = self.patch_embed(patches) + self.pos(patch_idx).astype(self.cfg.dtype)
+  def embed(self, patches: jax.Array, patch_idx: jax.Array,
+            grid: tuple[int, ...] | None = None) -> jax.Array:
+    """patches (B, n, P) at indices patch_idx (B, n) of `grid` (default the config's) ->
+    (B, n, D)."""
+    x = self.patch_embed(patches) + self.pos(patch_idx, grid).astype(self.cfg.dtype)
     return constrain(x, ACT)
 
   def encode(self, x: jax.Array) -> jax.Array:
@@ -165,10 +179,12 @@ class ViT(nnx.Module):
     return self.stack(x, mask=None)
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    """images (B, *image_size, C) -> tokens (B, 1 + N, D) (no cls: (B, N, D))."""
-    patches = patchify(images, tuple(self.cfg.patch_size))  # (B, N, P)
+    """images (B, *spatial, C), any spatial shape that divides into patches (positions are
+    interpolated to its grid) -> tokens (B, 1 + N, D) (no cls: (B, N, D))."""
+    patch = tuple(self.cfg.patch_size)
+    patches = patchify(images, patch)  # (B, N, P)
     idx = jnp.broadcast_to(jnp.arange(patches.shape[1]), patches.shape[:2])
-    return self.encode(self.embed(patches, idx))
+    return self.encode(self.embed(patches, idx, _grid(images.shape[1:-1], patch)))
 
 
 class MAE(nnx.Module):

@@ -10,6 +10,12 @@ The trainer only ever calls these methods: it never branches on an objective's n
 Distillation objectives set `uses_teacher`; the trainer then passes `teacher=` (a
 `Teacher`: the frozen or EMA teacher's structure and params, see pretrain/teacher.py) to
 `loss_fn`. Objectives without a teacher keep the original signature.
+
+Objectives that carry arrays from step to step (DINO's center of the teacher's outputs)
+return them from `initial_state`; the trainer keeps them in the train state, passes
+`objective_state=` to `loss_fn` and takes the next state from its metrics under
+`NEXT_STATE` (a value computed without gradient; with gradient accumulation, the mean over
+micro-batches).
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ import numpy as np
 from flax import nnx
 
 from models.attention import attention_mask
+
+
+NEXT_STATE = "next_objective_state"  # metrics key of a stateful objective's next state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +98,11 @@ class Objective:
               model: ModelDef, config: ml_collections.ConfigDict):
     """(scalar loss, metrics); objectives with `uses_teacher` also take `teacher: Teacher`."""
     raise NotImplementedError
+
+  def initial_state(self, config: ml_collections.ConfigDict, info: DataInfo,
+                    model_cfg: Any) -> dict:
+    """Arrays the loss carries across steps (a dict of jax arrays); {} = stateless."""
+    return {}
 
   def units_per_example(self, config: ml_collections.ConfigDict, info: DataInfo) -> int:
     raise NotImplementedError

@@ -36,6 +36,19 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
   return base.weighted_mean(per_patch, mask)
 
 
+def reconstruct(net, images: jax.Array, rng: jax.Array, config):
+  """MAE's forward on a fresh random mask: (masked-patch pixel loss, encoder latent
+  (B, prefix + Nk, D), keep_idx (B, Nk)); MAE-based distillation adds to the latent."""
+  patches = patchify(images, net.cfg.patch_size)  # (B, N, P)
+  b, n, _ = patches.shape
+  keep_idx, mask = random_keep(jax.random.wrap_key_data(rng), b, n,
+                               config.objective.mask_ratio)
+  latent = net.encode(patches, keep_idx)
+  pred = net.decode(latent, keep_idx, n)  # (B, N, P)
+  target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
+  return masked_mse(pred, target, mask), latent, keep_idx
+
+
 @base.register("mae")
 class MaskedAutoencoder(base.Objective):
   models = ("mae",)
@@ -48,15 +61,8 @@ class MaskedAutoencoder(base.Objective):
       raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
 
   def loss_fn(self, params, batch, rng, *, model, config):
-    net = model.bind(params)
-    patch = net.cfg.patch_size
-    patches = patchify(batch["image"], patch)  # (B, N, P)
-    b, n, _ = patches.shape
-    keep_idx, mask = random_keep(jax.random.wrap_key_data(rng), b, n,
-                                 config.objective.mask_ratio)
-    pred = net.decode(net.encode(patches, keep_idx), keep_idx, n)  # (B, N, P)
-    target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
-    return masked_mse(pred, target, mask), {}
+    loss, _, _ = reconstruct(model.bind(params), batch["image"], rng, config)
+    return loss, {}
 
   def features(self, params, batch, *, model, config):
     """The encoder on every patch (no masking), mean-pooled over patch tokens."""

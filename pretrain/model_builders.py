@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
-from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
+from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
@@ -22,6 +23,7 @@ from pretrain.registry import MODELS
 
 FAMILIES = {"bert": variants.bert, "gpt2": variants.gpt2, "vit": variants.vit}
 SIZE_KEYS = ("num_layers", "d_model", "num_heads", "d_ff")
+DECODER_KEYS = ("dec_d_model", "dec_layers", "dec_heads", "dec_d_ff")  # MAE; absent = none
 VOCAB_MULTIPLE = 128  # Pad the logits' vocab dimension so it shards and tiles evenly.
 
 
@@ -93,10 +95,8 @@ class MaeBuilder:
     return ViTConfig(
         image_size=image_size, patch_size=patch, channels=channels, pos_emb=model_cfg.pos_emb,
         norm=model_cfg.norm, activation=model_cfg.activation, dtype=model_cfg.dtype,
-        ln_eps=model_cfg.ln_eps, dec_d_model=model_cfg.dec_d_model,
-        dec_layers=model_cfg.dec_layers, dec_heads=model_cfg.dec_heads,
-        dec_d_ff=model_cfg.dec_d_ff, **stack_options(model_cfg),
-        **{k: size[k] for k in SIZE_KEYS})
+        ln_eps=model_cfg.ln_eps, **{k: model_cfg[k] for k in DECODER_KEYS if k in model_cfg},
+        **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo()).validate()
@@ -129,6 +129,22 @@ class TaggingEncoderDecoderBuilder(EncoderDecoderBuilder):
 MODELS.register("transformer")(TransformerBuilder())
 MODELS.register("mae")(MaeBuilder())
 MODELS.register("encoder_decoder")(EncoderDecoderBuilder())
+
+
+class DinoBuilder(MaeBuilder):
+  """ViT backbone (the `mae` model keys, no decoder) + DINO projection head: `DinoViT`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> DinoConfig:
+    return DinoConfig(vit=super().model_config(model_cfg, info),
+                      head_hidden_dim=model_cfg.head_hidden_dim,
+                      head_bottleneck_dim=model_cfg.head_bottleneck_dim,
+                      out_dim=model_cfg.head_out_dim)
+
+  def build(self, cfg: DinoConfig, rngs):
+    return DinoViT(cfg, rngs=rngs)
+
+
+MODELS.register("dino")(DinoBuilder())
 MODELS.register("encoder_decoder_tagger")(TaggingEncoderDecoderBuilder())
 
 

@@ -11,6 +11,9 @@ that no longer restores is moved aside and the previous one used (checkpoint.py)
 
 A distillation objective's teacher (pretrain/teacher.py) rides along in the state under
 "teacher": no optimizer state, no gradient, EMA-updated inside the step when it is one.
+An objective's own running arrays (`Objective.initial_state`, e.g. DINO's teacher center)
+ride along under "objective": replicated, checkpointed, replaced each step by the next
+state its loss returns.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from objectives.base import DataInfo, ModelDef, Objective, Teacher
+from objectives.base import NEXT_STATE, DataInfo, ModelDef, Objective, Teacher
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain import teacher as teacher_lib
 from pretrain.data import pipeline, series
@@ -150,6 +153,8 @@ def state_shardings(run: Run, abstract_state) -> dict:
   if run.teacher is not None:
     shardings["teacher"] = sharding.param_shardings(run.teacher.abstract_params, run.mesh,
                                                     run.rules)
+  if "objective" in abstract_state:
+    shardings["objective"] = jax.tree.map(lambda _: replicated, abstract_state["objective"])
   return shardings
 
 
@@ -174,6 +179,9 @@ def init_state_fn(run: Run):
     if run.teacher is not None:
       state["teacher"] = params if run.teacher.kind == "ema" else build(
           run.teacher.model_name, run.teacher.model_cfg, jax.random.fold_in(rng, 1))
+    objective_state = run.objective.initial_state(run.config, run.info, run.model_cfg)
+    if objective_state:
+      state["objective"] = objective_state
     return state
 
   return init
@@ -202,9 +210,9 @@ def make_train_step(run: Run, shardings):
 
   def step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    teacher = state.get("teacher")
+    teacher, objective_state = state.get("teacher"), state.get("objective")
     if accum == 1:
-      (loss_value, aux), grads = grad_fn(state["params"], batch, rng, teacher)
+      (loss_value, aux), grads = grad_fn(state["params"], batch, rng, teacher, objective_state)
     else:
       # Micro-batch a takes rows a, a+accum, ...: every device holds a slice of each.
       micro = jax.tree.map(
@@ -212,14 +220,18 @@ def make_train_step(run: Run, shardings):
 
       def body(carry, inputs):
         mb, i = inputs
-        (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), teacher)
+        (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), teacher,
+                            objective_state)
         return jax.tree.map(jnp.add, carry, (l, m, g)), None
 
       first = jax.tree.map(lambda x: x[0], micro)
-      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng, teacher)
+      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng, teacher, objective_state)
       zeros = jax.tree.map(jnp.zeros_like, (*loss_and_aux, state["params"]))
       total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+      # The next objective state too is the mean over micro-batches.
       loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
+    aux = dict(aux)
+    next_objective_state = aux.pop(NEXT_STATE, objective_state)
     updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     grad_norm = optax.tree.norm(grads)
@@ -229,9 +241,10 @@ def make_train_step(run: Run, shardings):
           teacher, params, teacher_lib.ema_momentum(config.teacher, state["step"],
                                                     config.train.steps))
     # No host sync here: a bad step is undone on device and only counted.
-    params, opt_state, teacher = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old), (params, opt_state, teacher),
-        (state["params"], state["opt_state"], state.get("teacher")))
+    params, opt_state, teacher, objective_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (params, opt_state, teacher, next_objective_state),
+        (state["params"], state["opt_state"], state.get("teacher"), objective_state))
     first_bad = state["first_nonfinite_step"]
     new_state = {
         "step": state["step"] + 1, "params": params, "opt_state": opt_state,
@@ -240,6 +253,8 @@ def make_train_step(run: Run, shardings):
                                           state["step"] + 1)}
     if run.teacher is not None:
       new_state["teacher"] = teacher
+    if objective_state is not None:
+      new_state["objective"] = objective_state
     out = {"loss": loss_value, **aux, "grad_norm": grad_norm,
            "lr": run.schedule(state["step"]), "nonfinite_steps": new_state["nonfinite_steps"]}
     return new_state, out
@@ -249,32 +264,35 @@ def make_train_step(run: Run, shardings):
 
 
 def _loss_fn(run: Run):
-  """(params, batch, rng, teacher params or None) -> (loss, metrics): the objective's loss,
-  given the teacher (gradient stopped) when the run has one."""
+  """(params, batch, rng, teacher params or None, objective state or None) -> (loss,
+  metrics): the objective's loss, given the teacher (gradient stopped) when the run has one
+  and its running state when it keeps one."""
   objective, config = run.objective, run.config
 
-  def loss(params, batch, rng, teacher_params):
+  def loss(params, batch, rng, teacher_params, objective_state):
     extra = {} if run.teacher is None else {
         "teacher": Teacher(run.teacher.model_def, jax.lax.stop_gradient(teacher_params))}
+    if objective_state is not None:
+      extra["objective_state"] = objective_state
     return objective.loss_fn(params, batch, rng, model=run.model_def, config=config, **extra)
 
   return loss
 
 
 def make_eval_step(run: Run, param_shardings):
-  """jit(params, batch, teacher params or None) -> metrics with a fixed rng, so evaluations
-  are comparable."""
+  """jit(params, batch, teacher params or None, objective state or None) -> metrics with a
+  fixed rng, so evaluations are comparable (the objective's next state is dropped)."""
   rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
   loss = _loss_fn(run)
   teacher = None if run.teacher is None else sharding.param_shardings(
       run.teacher.abstract_params, run.mesh, run.rules)
 
-  def step(params, batch, teacher_params):
-    value, aux = loss(params, batch, rng, teacher_params)
-    return {"loss": value, **aux}
+  def step(params, batch, teacher_params, objective_state):
+    value, aux = loss(params, batch, rng, teacher_params, objective_state)
+    return {"loss": value, **{k: v for k, v in aux.items() if k != NEXT_STATE}}
 
   return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh),
-                                     teacher),
+                                     teacher, sharding.replicated(run.mesh)),
                  out_shardings=sharding.replicated(run.mesh))
 
 
@@ -286,14 +304,16 @@ def make_iterator(run: Run, source, *, shuffle: bool):
       prefetch=run.config.data.prefetch, shuffle=shuffle)
 
 
-def evaluate(run: Run, eval_step, params, teacher=None) -> dict[str, float]:
+def evaluate(run: Run, eval_step, params, teacher=None,
+             objective_state=None) -> dict[str, float]:
   """Mean metrics over train.eval_steps batches of the held-out split (`teacher`: the
-  state's teacher params, for distillation objectives)."""
+  state's teacher params, for distillation objectives; `objective_state`: the state's
+  "objective" entry, for objectives that keep one)."""
   it = make_iterator(run, run.eval_source, shuffle=False)
   totals: dict[str, float] = {}
   for _ in range(run.config.train.eval_steps):
     out = jax.device_get(eval_step(params, sharding.global_batch(next(it), run.mesh),
-                                   teacher))
+                                   teacher, objective_state))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v) / run.config.train.eval_steps
   return {f"eval_{k}": v for k, v in totals.items()}
@@ -453,7 +473,8 @@ def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
       writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
                                                step_time * (t.steps - done)))
     if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
-      scores = evaluate(run, eval_step, state["params"], state.get("teacher"))
+      scores = evaluate(run, eval_step, state["params"], state.get("teacher"),
+                        state.get("objective"))
       _log_scores(writer, done, "eval", scores)
       last.update(scores)
       meter.restart()

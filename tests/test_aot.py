@@ -53,7 +53,7 @@ def test_bad_topology_names_the_valid_ones(name):
 def test_every_paper_variant_names_a_valid_slice():
   for recipe, variant in VARIANTS:
     topology = load(f"{recipe}.py:{variant}").topology
-    assert (topology == "") == (variant == "tiny"), (recipe, variant)
+    assert (topology == "") == variant.startswith("tiny"), (recipe, variant)
     if topology:
       aot.parse_topology(topology)
 

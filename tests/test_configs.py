@@ -37,7 +37,11 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
             + [("arch_grid", f"{size}{cell}") for size in ("tiny:", "")
                for cell in ("cd_flm", "cd_mlm", "nd_plm", "nd_mlm", "ed_plm", "ed_mlm")]
-            + [("ttm", v) for v in ("tiny", "512-96")])
+            + [("ttm", v) for v in ("tiny", "512-96")]
+            + [("dino", v) for v in ("tiny", "B/14")]
+            + [("mr_mae", v) for v in ("tiny", "B/16")]
+            + [("self_distill", v) for v in ("tiny_teacher", "tiny_student", "B/16_teacher",
+                                             "B/16_student")])
 
 
 def load(recipe: str, variant: str):

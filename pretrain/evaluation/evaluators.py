@@ -83,7 +83,8 @@ class HeldoutLoss(Evaluator):
       shardings = sharding.param_shardings(self.run_.abstract_params, self.run_.mesh,
                                            self.run_.rules)
       self._step = self._train.make_eval_step(self.run_, shardings)
-    scores = self._train.evaluate(self.run_, self._step, state["params"], state.get("teacher"))
+    scores = self._train.evaluate(self.run_, self._step, state["params"], state.get("teacher"),
+                                  state.get("objective"))
     if self.run_.objective.unit == "tokens":
       scores["eval_perplexity"] = float(np.exp(scores["eval_loss"]))
     return scores
