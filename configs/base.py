@@ -15,7 +15,7 @@ KEY_DOCS: dict[str, str] = {
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
     "objective.name": "Registered objective (see `objectives/` and the README's methods table), e.g. mlm, causal_lm, mae, span_corruption, prefix_lm; an unknown name is an error listing them all.",
-    "objective.mask_rate": "mlm, graphcodebert: fraction of (code) tokens selected for prediction (BERT: 0.15).",
+    "objective.mask_rate": "mlm, graphcodebert, retromae, starbucks, contrabert: fraction of (code) tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm, graphcodebert: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm, graphcodebert: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
     "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
@@ -39,7 +39,11 @@ KEY_DOCS: dict[str, str] = {
     "objective.random_rate": "e2s2: fraction of seq_len tokens replaced by a random other token in the encoder input, to be restored by the encoder (E2S2: 0.05).",
     "objective.denoise_weight": "e2s2: weight of the encoder-denoising cross-entropy (E2S2 code: 0.05).",
     "objective.contrastive_weight": "e2s2: weight of the encoder InfoNCE between noised and clean rows (E2S2 code: 0.05).",
-    "objective.contrastive_temperature": "e2s2: InfoNCE temperature on cosine similarities of mean-pooled encoder states (E2S2 code: 1.0).",
+    "objective.contrastive_temperature": "e2s2, contrabert: InfoNCE temperature on cosine similarities of mean-pooled encoder states (E2S2 code: 1.0).",
+    "objective.decoder_mask_rate": "retromae: fraction of the ordinary tokens [MASK]ed in the copy the one-block decoder rebuilds from the [CLS] state (RetroMAE: 0.5-0.7).",
+    "objective.decoder_weight": "retromae: weight of the [CLS]-decoding loss.",
+    "objective.bow_weight": "retromae: weight of DupMAE's bag-of-words loss on the max-pooled ordinary-token vocabulary scores.",
+    "objective.layer_dims": "starbucks: (layers, dims) pairs, small to large; MLM is applied to the states after block `layers` truncated to their first `dims` features (Starbucks: (2, 32) ... (12, 768)).",
     "objective.future_decay": "multi_token / ftp: the loss for token t+k is weighted decay^(k-1) in the average over the N future tokens (1.0 = plain mean, Gloeckle et al.; FTP decays).",
     "objective.block_size": "next_block: tokens per block; attention is bidirectional inside a block and causal across blocks (blocks = positions // block_size, restarting per packed segment), and each token predicts the one block_size ahead.",
     # model
@@ -75,7 +79,7 @@ KEY_DOCS: dict[str, str] = {
     "model.branch_heads": "multi_branch: attention heads of each branch.",
     "model.branch_d_ff": "multi_branch: MLP hidden width of each branch.",
     "model.extra_ids": "encoder_decoder / transformer_extra_ids: ids added above the tokenizer's vocabulary, for span-corruption sentinels (T5: 100) or UniXcoder's 3 mode tokens.",
-    "model.num_future": "multi_token: number of output heads, head k predicting token t+k (num_layers is the shared trunk's depth); ftp: pseudo-sequence length = tokens predicted per position.",
+    "model.num_future": "multi_token: number of output heads, head k predicting token t+k (num_layers is the shared trunk's depth); ftp: pseudo-sequence length = tokens predicted per position; retromae: 1 (the one-block decoder).",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds.",
     "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
