@@ -88,6 +88,17 @@ def bag_of_words_loss(scores: jax.Array, tokens: jax.Array, ordinary: jax.Array)
                             present.sum(-1) > 0), pooled
 
 
+def duplex_states(net, batch) -> tuple[jax.Array, jax.Array]:
+  """(encoder states of the MLM input, decoder states of the masked copy whose [CLS]
+  positions hold the encoder's [CLS] states), both (B, L, D), segments kept apart."""
+  positions = batch["positions"]
+  mask = attention_mask("bidirectional", segment_ids=batch["segment_ids"])
+  hidden = net(batch["inputs"], positions=positions, mask=mask)
+  copy = jnp.where(batch["is_cls"][..., None], hidden,
+                   net.embed_tokens(batch["decoder_inputs"], positions))
+  return hidden, net.future_hidden(copy, mask=mask, positions=positions)[0]
+
+
 def unified_embedding(cls_state: jax.Array, pooled: jax.Array) -> jax.Array:
   """DupMAE's representation: [CLS] state and ReLU'd bag-of-words scores, each unit norm."""
   return jnp.concatenate([l2_normalize(cls_state), l2_normalize(jax.nn.relu(pooled))], -1)
@@ -136,18 +147,13 @@ class RetroMAE(base.Objective):
     del rng  # All randomness is on the host.
     o = config.objective
     net = model.bind(params)
-    segs, positions = batch["segment_ids"], batch["positions"]
-    mask = attention_mask("bidirectional", segment_ids=segs)
-    hidden = net(batch["inputs"], positions=positions, mask=mask)  # (B, L, D)
+    hidden, decoded = duplex_states(net, batch)
     picked = jnp.take_along_axis(hidden, batch["masked_positions"][..., None], axis=1)
     mlm, mlm_accuracy = base.token_loss(net.logits(picked), batch["masked_ids"],
                                         batch["masked_weights"])
-    is_cls = batch["is_cls"][..., None]
-    copy = jnp.where(is_cls, hidden, net.embed_tokens(batch["decoder_inputs"], positions))
-    decoded = net.future_hidden(copy, mask=mask, positions=positions)[0]
     dec, dec_accuracy = base.token_loss(net.logits(decoded), batch["tokens"],
                                         batch["decoder_weights"])
-    ordinary = (segs > 0) & ~batch["is_cls"]
+    ordinary = (batch["segment_ids"] > 0) & ~batch["is_cls"]
     bow, _ = bag_of_words_loss(net.logits(hidden), batch["tokens"], ordinary)
     loss = mlm + o.decoder_weight * dec + o.bow_weight * bow
     return loss, {"accuracy": mlm_accuracy, "mlm_loss": mlm, "decoder_loss": dec,

@@ -27,7 +27,8 @@ import copy
 
 import numpy as np
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
+           ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _EFFECTS = (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr, ast.Lambda)
 _SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr, ast.Return)
 
@@ -41,7 +42,9 @@ def _function(source: str) -> tuple[ast.Module, ast.FunctionDef | ast.AsyncFunct
 
 
 def _own_scope(func) -> list[ast.AST]:
-  """Nodes of `func`'s body not inside a nested function, lambda or class."""
+  """Nodes of `func`'s body not inside a nested function, lambda, class or comprehension
+  (whose own variables are not the function's: a comprehension's `x` may shadow a global
+  `x` read elsewhere in the function)."""
   out, todo = [], list(func.body)
   while todo:
     node = todo.pop()
