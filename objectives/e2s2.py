@@ -16,8 +16,8 @@ of slots, so vocabulary logits are computed there only.
 Encoder contrastive (global). InfoNCE (objectives/contrastive.py) between the mean-pooled
 encoder states of each noised row and of its clean row (L2-normalised, temperature
 `contrastive_temperature`), the other rows of the batch as negatives, averaged over both
-directions. Pooling is over a row's
-non-padding positions: a packed row is one example, as a fairseq sample is.
+directions. Pooling is over a row's non-padding positions: a packed row is one example, as
+a fairseq sample is.
 
 Differences from the released code (github.com/WHU-ZQH/E2S2, criterions/cross_entropy.py,
 data/denoising_dataset.py), listed in configs/e2s2.py's NOT_IMPLEMENTED: there the encoder

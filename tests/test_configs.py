@@ -34,7 +34,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
             + [("graphcodebert", v) for v in ("tiny", "base")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
-            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
+            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
+            + [("retromae", v) for v in ("tiny", "base")]
+            + [("starbucks", v) for v in ("tiny", "base")]
+            + [("contrabert", v) for v in ("tiny", "base")])
 
 
 def load(recipe: str, variant: str):

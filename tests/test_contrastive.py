@@ -21,7 +21,7 @@ from configs import starbucks as starbucks_cfg
 from models.attention import attention_mask
 from models.future_tokens import MultiTokenConfig, MultiTokenLM
 from models.transformer import TextTransformer, TransformerConfig
-from objectives import base, contrabert, retromae, starbucks
+from objectives import contrabert, retromae, starbucks
 from objectives.base import DataInfo, ModelDef
 from objectives.contrastive import info_nce
 from objectives.mlm import MlmMasking
@@ -465,9 +465,9 @@ def test_paper_sizes_build_abstractly_with_the_paper_param_counts():
 
 @pytest.mark.parametrize("recipe", ["retromae", "starbucks", "contrabert"])
 def test_tiny_recipe_trains_through_main(tmp_path, recipe):
-  args = ["--config.train.steps=16", "--config.train.log_every=4",
-          "--config.train.eval_every=0", "--config.train.checkpoint_every=16",
-          "--config.optim.warmup_steps=4"]
+  args = ["--config.train.steps=12", "--config.train.log_every=4",
+          "--config.train.eval_every=0", "--config.train.checkpoint_every=12",
+          "--config.optim.warmup_steps=3"]
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny", f"--workdir={tmp_path}",
                         *args]) == 0
   records = read_metrics(str(tmp_path))
