@@ -474,3 +474,18 @@ def test_tiny_recipe_trains_through_main(tmp_path, recipe):
   curve = [r["loss"] for r in records if "loss" in r]
   assert curve[-1] < curve[0] - 0.3, curve
   assert all(r["mfu"] > 0 for r in records if "loss" in r)
+
+
+@pytest.mark.parametrize("recipe,args,expected", [
+    ("retromae", ["--config.objective.decoder_mask_rate=1.2"],
+     "objective.decoder_mask_rate=1.2: must be in (0, 1)"),
+    ("retromae", ["--config.data.vocab_size=2048"], "data.vocab_size=2048: retromae keeps"),
+    ("starbucks", ["--config.model.scan_layers=true"], "model.scan_layers must be false"),
+    ("contrabert", ["--config.objective.contrastive_temperature=0"],
+     "objective.contrastive_temperature=0.0: must be > 0"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expected):
+  code = main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny", f"--workdir={tmp_path}",
+                        *args])
+  err = capsys.readouterr().err
+  assert code == 2 and expected in err and err.count("\n") == 1, err
