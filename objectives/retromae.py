@@ -40,9 +40,9 @@ from models.transformer import (logits_flops_per_token, stack_flops_per_token,
                                 transformer_flops_per_token)
 from objectives import base
 from objectives.contrastive import l2_normalize
-from objectives.mlm import MlmMasking, num_predictions
+from objectives.mlm import MaskedLM, MlmMasking, num_predictions
 from objectives.unixcoder import insert_mode_token
-from pretrain.model_builders import padded_vocab
+from pretrain.model_builders import VOCAB_MULTIPLE, padded_vocab
 
 
 def cls_id_for(vocab_size: int) -> int:
@@ -105,30 +105,27 @@ def unified_embedding(cls_state: jax.Array, pooled: jax.Array) -> jax.Array:
 
 
 @base.register("retromae")
-class RetroMAE(base.Objective):
+class RetroMAE(MaskedLM):
+  """The `mlm` keys configure the encoder's masking; `objective.decoder_*` and `bow_weight`
+  the two decoding tasks."""
   models = ("multi_token",)  # trunk = encoder, its single one-block head = decoder
-  modality = "text"
-  unit = "tokens"
-  tokenizer = "wordpiece"
 
   def validate(self, config):
+    super().validate(config)
     o = config.objective
-    for key in ("mask_rate", "decoder_mask_rate"):
-      if not 0 < o[key] < 1:
-        raise ValueError(f"objective.{key}={o[key]}: must be in (0, 1)")
-    if not (0 <= o.replace_mask and 0 <= o.replace_random
-            and o.replace_mask + o.replace_random <= 1):
-      raise ValueError(f"objective.replace_mask={o.replace_mask}, objective.replace_random="
-                       f"{o.replace_random}: must be >= 0 and sum to <= 1")
+    if not 0 < o.decoder_mask_rate < 1:
+      raise ValueError(f"objective.decoder_mask_rate={o.decoder_mask_rate}: must be in (0, 1)")
+    if o.get("curriculum"):
+      raise ValueError("retromae does not take objective.curriculum")
     for key in ("decoder_weight", "bow_weight"):
       if o[key] < 0:
         raise ValueError(f"objective.{key}={o[key]}: must be >= 0")
     if config.model.get("num_future", 1) != 1:
       raise ValueError(f"retromae decodes with one head block: model.num_future must be 1, "
                        f"got {config.model.num_future}")
-    if config.data.vocab_size % 128 == 0:
+    if config.data.vocab_size % VOCAB_MULTIPLE == 0:
       raise ValueError(f"data.vocab_size={config.data.vocab_size}: retromae keeps [CLS] in the "
-                       "vocabulary's padding, so it must not be a multiple of 128")
+                       f"vocabulary's padding, so it must not be a multiple of {VOCAB_MULTIPLE}")
 
   def host_transform(self, config, info):
     o = config.objective
@@ -173,9 +170,6 @@ class RetroMAE(base.Objective):
     ordinary = segs[:, 1:] > 0
     _, pooled = bag_of_words_loss(net.logits(hidden[:, 1:]), tokens[:, 1:], ordinary)
     return unified_embedding(hidden[:, 0], pooled)
-
-  def units_per_example(self, config, info):
-    return info.seq_len
 
   def forward_flops_per_example(self, config, info, model_cfg):
     """Encoder + MLM slots, the one-block decoder, and logits at every position twice
