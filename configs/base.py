@@ -15,10 +15,10 @@ KEY_DOCS: dict[str, str] = {
     "topology": "TPU slice the paper-size run is sized for, e.g. v5p-128 ('' = none: a CPU size); `python -m pretrain.aot` compiles the step for it and checks it fits.",
     # objective
     "objective.name": "Registered objective (see `objectives/` and the README's methods table), e.g. mlm, causal_lm, mae, span_corruption, prefix_lm; an unknown name is an error listing them all.",
-    "objective.mask_rate": "mlm, graphcodebert, retromae, starbucks, contrabert: fraction of (code) tokens selected for prediction (BERT: 0.15).",
+    "objective.mask_rate": "mlm, graphcodebert: fraction of (code) tokens selected for prediction (BERT: 0.15).",
     "objective.replace_mask": "mlm, graphcodebert: of the selected tokens, fraction replaced by [MASK] (BERT: 0.8).",
     "objective.replace_random": "mlm, graphcodebert: of the selected tokens, fraction replaced by a random token (BERT: 0.1); the rest stay unchanged.",
-    "objective.whole_word": "mlm, unixcoder, contrabert: select whole words (all word pieces together) instead of single tokens.",
+    "objective.whole_word": "mlm: select whole words (all word pieces together) instead of single tokens.",
     "objective.curriculum": "mlm: masking phases ((start_step, strategy, rate), ...): from each start step on, strategy (token, whole_word or span: SpanBERT whole-word spans, Geometric(0.2) lengths truncated to 1-10 words) and rate replace whole_word and mask_rate (BIOptimus). The step is the global example index // train.global_batch; evaluation batches count from 0.",
     "objective.mode_probs": "unixcoder: probabilities of the (enc, dec, e2d) modes a row is drawn in: bidirectional MLM, causal LM, prefix-to-rest LM.",
     "objective.mask_ratio": "mae: fraction of patches hidden from the encoder (MAE: 0.75).",
@@ -79,7 +79,7 @@ KEY_DOCS: dict[str, str] = {
     "model.branch_heads": "multi_branch: attention heads of each branch.",
     "model.branch_d_ff": "multi_branch: MLP hidden width of each branch.",
     "model.extra_ids": "encoder_decoder / transformer_extra_ids: ids added above the tokenizer's vocabulary, for span-corruption sentinels (T5: 100) or UniXcoder's 3 mode tokens.",
-    "model.num_future": "multi_token: number of output heads, head k predicting token t+k (num_layers is the shared trunk's depth); ftp: pseudo-sequence length = tokens predicted per position; retromae: 1 (the one-block decoder).",
+    "model.num_future": "multi_token: number of output heads, head k predicting token t+k (num_layers is the shared trunk's depth); ftp: pseudo-sequence length = tokens predicted per position.",
     # data
     "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds.",
     "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
