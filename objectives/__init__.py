@@ -1,5 +1,5 @@
 """One file per pretraining objective; importing this package registers them all."""
-from objectives import (bart, causal_lm, codet5, contrabert, contrastive,  # noqa: F401
-                        distill_mlm, drbert, e2s2, ernie3, ftp, graphcodebert, mae, minilm, mlm,
+from objectives import (bart, causal_lm, codet5, contrabert, distill_mlm,  # noqa: F401
+                        drbert, e2s2, ernie3, ftp, graphcodebert, mae, minilm, mlm,
                         multi_token, next_block, prefix_lm, retromae, span_corruption,
                         starbucks, unixcoder)
