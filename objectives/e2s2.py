@@ -13,10 +13,11 @@ the token that stood at each changed position, through the model's tied output e
 (an MLM head on the encoder); as in MLM the changed positions are listed in a fixed number
 of slots, so vocabulary logits are computed there only.
 
-Encoder contrastive (global). InfoNCE between the mean-pooled encoder states of each noised
-row and of its clean row (L2-normalised, temperature `contrastive_temperature`), the other
-rows of the batch as negatives, averaged over both directions. Pooling is over a row's
-non-padding positions: a packed row is one example, as a fairseq sample is.
+Encoder contrastive (global). InfoNCE (objectives/contrastive.py) between the mean-pooled
+encoder states of each noised row and of its clean row (L2-normalised, temperature
+`contrastive_temperature`), the other rows of the batch as negatives, averaged over both
+directions. Pooling is over a row's non-padding positions: a packed row is one example, as
+a fairseq sample is.
 
 Differences from the released code (github.com/WHU-ZQH/E2S2, criterions/cross_entropy.py,
 data/denoising_dataset.py), listed in configs/e2s2.py's NOT_IMPLEMENTED: there the encoder
@@ -36,6 +37,7 @@ from models.transformer import logits_flops_per_token, stack_flops_per_token
 from objectives import base
 from objectives.bart import (bart_flops, bart_noising, encode_inputs, reconstruction_loss,
                              validate_noise)
+from objectives.contrastive import info_nce, validate_temperature
 
 ENCODER_RATES = ("shuffle_rate", "random_rate")
 
@@ -105,18 +107,6 @@ def mean_pool(hidden: jax.Array, segment_ids: jax.Array) -> jax.Array:
   return total / jnp.maximum(weights.sum(1), 1.0)
 
 
-def info_nce(a: jax.Array, b: jax.Array, temperature: float):
-  """Symmetric InfoNCE of paired rows a[i] <-> b[i] (B, D), in-batch negatives, on cosine
-  similarity / temperature -> (loss, accuracy of picking the true partner)."""
-  a = a / jnp.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
-  b = b / jnp.linalg.norm(b, axis=-1, keepdims=True).clip(1e-12)
-  sim = a @ b.T / temperature  # (B, B)
-  labels = jnp.arange(sim.shape[0])
-  loss = 0.5 * (base.cross_entropy(sim, labels).mean()
-                + base.cross_entropy(sim.T, labels).mean())
-  return loss, (jnp.argmax(sim, -1) == labels).astype(jnp.float32).mean()
-
-
 @base.register("e2s2")
 class E2S2(base.Objective):
   models = ("encoder_decoder",)
@@ -136,9 +126,7 @@ class E2S2(base.Objective):
     if sum(encoder_slots(config.data.seq_len, o.shuffle_rate, o.random_rate)) < 1:
       raise ValueError(f"data.seq_len={config.data.seq_len} x objective.shuffle_rate/"
                        "random_rate rounds to no encoder noise")
-    if o.contrastive_temperature <= 0:
-      raise ValueError(f"objective.contrastive_temperature={o.contrastive_temperature}: "
-                       "must be > 0")
+    validate_temperature(o)
     for key in ("denoise_weight", "contrastive_weight"):
       if o[key] < 0:
         raise ValueError(f"objective.{key}={o[key]}: must be >= 0")

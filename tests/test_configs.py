@@ -41,7 +41,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("dino", v) for v in ("tiny", "B/14")]
             + [("mr_mae", v) for v in ("tiny", "B/16")]
             + [("self_distill", v) for v in ("tiny_teacher", "tiny_student", "B/16_teacher",
-                                             "B/16_student")])
+                                             "B/16_student")]
+            + [("retromae", v) for v in ("tiny", "base")]
+            + [("starbucks", v) for v in ("tiny", "base")]
+            + [("contrabert", v) for v in ("tiny", "base")])
 
 
 def load(recipe: str, variant: str):
