@@ -59,7 +59,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.teacher_temp_warmup_steps": "dino: steps of the teacher-temperature warmup (the step is the example index // train.global_batch; evaluation batches count from 0).",
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
     # model
-    "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), mae, drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or encoder_decoder_tagger (encoder_decoder + a per-token binary head on the encoder, CodeT5).",
+    "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, dino (ViT + projection head), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
@@ -105,7 +105,7 @@ KEY_DOCS: dict[str, str] = {
     "model.gated_attn": "ttm: softmax gated attention after each mixing MLP (x * softmax(W x)).",
     "model.resolution_prefix": "ttm: prepend a learned embedding of the series' resolution (weekly, monthly, quarterly, yearly) as one extra patch (TTM's resolution prefix tuning).",
     # data
-    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds.",
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds. Time series: statsmodels_series (17 public-domain series bundled in the statsmodels wheel).",
     "data.context_len": "Series sources (data.source=statsmodels_series: 17 real series, pretrain/data/series.py): time steps a forecast sees (each window standardised by its context's mean and std).",
     "data.horizon": "Series: time steps forecast after the context.",
     "data.downsample": "Series: also train on each series' training part averaged to coarser resolutions (monthly -> quarterly, yearly; quarterly -> yearly), TTM's augmentation by downsampling.",
