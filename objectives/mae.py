@@ -10,8 +10,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models.vit import mae_flops_per_image, patchify
+from models.vit import mae_flops_per_image, patchify, unpatchify
 from objectives import base
+
+# Grey of the hidden patches in the "masked" panel of the reconstruction pictures.
+HIDDEN_GREY = 0.5
 
 
 def random_keep(rng: jax.Array, batch: int, num_patches: int, mask_ratio: float):
@@ -36,6 +39,33 @@ def masked_mse(pred: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array
   return base.weighted_mean(per_patch, mask)
 
 
+def denormalize_patches(pred: jax.Array, patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """Predictions of `normalize_patches(patches)` back to pixels with the true patch
+  statistics (how MAE's figures show norm_pix_loss reconstructions)."""
+  mean = patches.mean(-1, keepdims=True)
+  return pred * jnp.sqrt(patches.var(-1, keepdims=True) + eps) + mean
+
+
+def image_grid(columns: list[jax.Array], pad: int = 1) -> jax.Array:
+  """Columns of (B, H, W, C) images in [0, 1] -> one uint8 grid (B (H + pad) + pad,
+  K (W + pad) + pad, C): row i is example i, column k its k-th picture, white borders."""
+  b, h, w, c = columns[0].shape
+  x = jnp.stack([jnp.clip(col.astype(jnp.float32), 0.0, 1.0) for col in columns], 1)
+  x = jnp.pad(x, ((0, 0), (0, 0), (pad, 0), (pad, 0), (0, 0)), constant_values=1.0)
+  x = x.transpose(0, 2, 1, 3, 4).reshape(b * (h + pad), len(columns) * (w + pad), c)
+  x = jnp.pad(x, ((0, pad), (0, pad), (0, 0)), constant_values=1.0)
+  return jnp.round(x * 255).astype(jnp.uint8)
+
+
+def reconstruction_grid(image: jax.Array, patches: jax.Array, mask: jax.Array,
+                        pred: jax.Array, patch: tuple[int, ...]) -> jax.Array:
+  """original / masked (hidden patches grey) / every patch as predicted, per row."""
+  spatial, channels = image.shape[1:-1], image.shape[-1]
+  masked = jnp.where(mask[..., None] > 0, HIDDEN_GREY, patches)
+  return image_grid([image, unpatchify(masked, patch, spatial, channels),
+                     unpatchify(pred, patch, spatial, channels)])
+
+
 @base.register("mae")
 class MaskedAutoencoder(base.Objective):
   models = ("mae",)
@@ -47,16 +77,26 @@ class MaskedAutoencoder(base.Objective):
     if not 0 < ratio < 1:
       raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
 
-  def loss_fn(self, params, batch, rng, *, model, config):
-    net = model.bind(params)
-    patch = net.cfg.patch_size
-    patches = patchify(batch["image"], patch)  # (B, N, P)
+  def _predict(self, net, image, rng, config):
+    """(patches (B, N, P), hidden mask (B, N), predicted patches (B, N, P))."""
+    patches = patchify(image, net.cfg.patch_size)
     b, n, _ = patches.shape
     keep_idx, mask = random_keep(jax.random.wrap_key_data(rng), b, n,
                                  config.objective.mask_ratio)
-    pred = net.decode(net.encode(patches, keep_idx), keep_idx, n)  # (B, N, P)
+    return patches, mask, net.decode(net.encode(patches, keep_idx), keep_idx, n)
+
+  def loss_fn(self, params, batch, rng, *, model, config):
+    patches, mask, pred = self._predict(model.bind(params), batch["image"], rng, config)
     target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
     return masked_mse(pred, target, mask), {}
+
+  def reconstructions(self, params, batch, rng, *, model, config):
+    net = model.bind(params)
+    patches, mask, pred = self._predict(net, batch["image"], rng, config)
+    if config.objective.norm_pix_loss:
+      pred = denormalize_patches(pred, patches)
+    return {"reconstructions": reconstruction_grid(batch["image"], patches, mask, pred,
+                                                   net.cfg.patch_size)}
 
   def features(self, params, batch, *, model, config):
     """The encoder on every patch (no masking), mean-pooled over patch tokens."""
