@@ -17,9 +17,11 @@ from objectives import base
 HIDDEN_GREY = 0.5
 
 
-def random_keep(rng: jax.Array, batch: int, num_patches: int, mask_ratio: float):
-  """(keep_idx (B, Nk), mask (B, N) with 1 = hidden): a uniform random subset per image."""
-  keep = int(num_patches * (1 - mask_ratio))
+def random_keep(rng: jax.Array, batch: int, num_patches: int, mask_ratio: float,
+                min_keep: int = 0):
+  """(keep_idx (B, Nk), mask (B, N) with 1 = hidden): a uniform random subset per image,
+  int(N (1 - mask_ratio)) patches but at least `min_keep`."""
+  keep = max(min_keep, int(num_patches * (1 - mask_ratio)))
   noise = jax.random.uniform(rng, (batch, num_patches))
   order = jnp.argsort(noise, axis=1)
   keep_idx = order[:, :keep]
@@ -58,11 +60,13 @@ def image_grid(columns: list[jax.Array], pad: int = 1) -> jax.Array:
 
 
 def reconstruction_grid(image: jax.Array, patches: jax.Array, mask: jax.Array,
-                        pred: jax.Array, patch: tuple[int, ...]) -> jax.Array:
-  """original / masked (hidden patches grey) / every patch as predicted, per row."""
+                        pred: jax.Array, patch: tuple[int, ...],
+                        context: tuple[jax.Array, ...] = ()) -> jax.Array:
+  """Per row: any context images (what else the model saw), the original, it masked
+  (hidden patches grey), every patch as predicted."""
   spatial, channels = image.shape[1:-1], image.shape[-1]
   masked = jnp.where(mask[..., None] > 0, HIDDEN_GREY, patches)
-  return image_grid([image, unpatchify(masked, patch, spatial, channels),
+  return image_grid([*context, image, unpatchify(masked, patch, spatial, channels),
                      unpatchify(pred, patch, spatial, channels)])
 
 
@@ -77,26 +81,28 @@ class MaskedAutoencoder(base.Objective):
     if not 0 < ratio < 1:
       raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
 
-  def _predict(self, net, image, rng, config):
-    """(patches (B, N, P), hidden mask (B, N), predicted patches (B, N, P))."""
-    patches = patchify(image, net.cfg.patch_size)
+  def _predict(self, net, batch, rng, config):
+    """(image (B, *S, C) to rebuild, its patches (B, N, P), hidden mask (B, N), predicted
+    patches (B, N, P), context images for the pictures)."""
+    patches = patchify(batch["image"], net.cfg.patch_size)
     b, n, _ = patches.shape
     keep_idx, mask = random_keep(jax.random.wrap_key_data(rng), b, n,
                                  config.objective.mask_ratio)
-    return patches, mask, net.decode(net.encode(patches, keep_idx), keep_idx, n)
+    pred = net.decode(net.encode(patches, keep_idx), keep_idx, n)
+    return batch["image"], patches, mask, pred, ()
 
   def loss_fn(self, params, batch, rng, *, model, config):
-    patches, mask, pred = self._predict(model.bind(params), batch["image"], rng, config)
+    _, patches, mask, pred, _ = self._predict(model.bind(params), batch, rng, config)
     target = normalize_patches(patches) if config.objective.norm_pix_loss else patches
     return masked_mse(pred, target, mask), {}
 
   def reconstructions(self, params, batch, rng, *, model, config):
     net = model.bind(params)
-    patches, mask, pred = self._predict(net, batch["image"], rng, config)
+    image, patches, mask, pred, context = self._predict(net, batch, rng, config)
     if config.objective.norm_pix_loss:
       pred = denormalize_patches(pred, patches)
-    return {"reconstructions": reconstruction_grid(batch["image"], patches, mask, pred,
-                                                   net.cfg.patch_size)}
+    return {"reconstructions": reconstruction_grid(image, patches, mask, pred,
+                                                   net.cfg.patch_size, context)}
 
   def features(self, params, batch, *, model, config):
     """The encoder on every patch (no masking), mean-pooled over patch tokens."""

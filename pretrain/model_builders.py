@@ -16,6 +16,7 @@ from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenCo
                                   MultiTokenLM)
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
+from models.vit_variants import SiameseMAE
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -202,3 +203,13 @@ class FutureTokenBuilder(TransformerBuilder):
 
 MODELS.register("multi_token")(MultiTokenBuilder())
 MODELS.register("ftp")(FutureTokenBuilder())
+
+
+class SiameseMaeBuilder(MaeBuilder):
+  """MAE whose decoder cross-attends to a second, visible view: `SiameseMAE` (CropMAE)."""
+
+  def build(self, cfg: ViTConfig, rngs):
+    return SiameseMAE(cfg, rngs=rngs)
+
+
+MODELS.register("siamese_mae")(SiameseMaeBuilder())

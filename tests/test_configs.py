@@ -34,7 +34,8 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("codet5_bimodal", v) for v in ("tiny", "small", "base")]
             + [("graphcodebert", v) for v in ("tiny", "base")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
-            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")])
+            + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
+            + [("cropmae", v) for v in ("tiny", "S/16")])
 
 
 def load(recipe: str, variant: str):

@@ -5,6 +5,7 @@ Losses against float64 NumPy on tiny cases, host-transform invariants, paper par
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -16,7 +17,9 @@ from flax import nnx
 from PIL import Image
 
 from models.vit import MAE, ViTConfig
-from objectives import mae
+from models.vit_variants import SiameseMAE
+from objectives import cropmae, mae
+from configs.cropmae import get_config as get_cropmae_config
 from configs.mae import get_config as get_mae_config
 from objectives.base import DataInfo, ModelDef
 from pretrain import checkpoint
@@ -125,3 +128,128 @@ def test_mae_run_writes_reconstruction_pngs_of_fixed_validation_images(tmp_path)
                                                  model=model, config=config)
   diff = np.asarray(want["reconstructions"]).astype(int) - grid.astype(int)
   assert np.abs(diff).max() <= 1
+
+
+# --- CropMAE -----------------------------------------------------------------------------
+
+
+def _np_patchify(images, p):
+  b, h, w, c = images.shape
+  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def _np_masked_mse(pred, target, hidden):
+  per_patch = ((np.asarray(pred, np.float64) - target) ** 2).mean(-1)
+  return (per_patch * hidden).sum() / hidden.sum()
+
+
+@pytest.mark.parametrize("box", [(0, 0, 28, 28), (3, 5, 10, 17), (20, 0, 8, 28), (1, 2, 1, 1)])
+def test_crop_resize_matches_pil_bilinear(box):
+  image = np.random.default_rng(1).uniform(size=(28, 28, 1)).astype(np.float32)
+  got = cropmae.crop_resize(image, box, (28, 28))
+  top, left, h, w = box
+  pil = Image.fromarray(image[..., 0], mode="F").resize(
+      (28, 28), Image.BILINEAR, box=(left, top, left + w, top + h))
+  np.testing.assert_allclose(got[..., 0], np.asarray(pil), atol=1e-5)
+  if box == (0, 0, 28, 28):
+    np.testing.assert_array_equal(got, image)  # the identity box is exact
+
+
+def test_random_resized_boxes_stay_inside_with_the_asked_area_and_ratio():
+  rng = np.random.default_rng(0)
+  for _ in range(300):
+    top, left, h, w = cropmae.random_resized_box(rng, 28, 28, (0.3, 0.6), (3 / 4, 4 / 3))
+    assert 0 <= top and top + h <= 28 and 0 <= left and left + w <= 28
+    # Rounded sides: the area and ratio hold up to half a pixel per side.
+    assert 0.3 * 784 - 29 <= h * w <= 0.6 * 784 + 29
+    assert 3 / 4 - 0.1 <= w / h <= 4 / 3 + 0.15
+  # No draw fits (area > the image): the whole image, clipped to the ratio range.
+  assert cropmae.random_resized_box(rng, 20, 28, (2.0, 3.0), (1.0, 1.0)) == (0, 4, 20, 20)
+
+
+def test_global_to_local_crops_are_static_deterministic_and_nested():
+  crops = cropmae.GlobalToLocalCrops(global_scale=(0.1, 1.0), local_scale=(0.3, 0.6),
+                                     aspect_ratio=(3 / 4, 4 / 3))
+  image = np.random.default_rng(2).uniform(size=(28, 28, 1)).astype(np.float32)
+  example = {"image": image, "label": np.int32(3)}
+  out = crops.random_map(dict(example), np.random.default_rng(7))
+  again = crops.random_map(dict(example), np.random.default_rng(7))
+  other = crops.random_map(dict(example), np.random.default_rng(8))
+  for key in (cropmae.VISIBLE, cropmae.MASKED):
+    assert out[key].shape == (28, 28, 1) and out[key].dtype == np.float32
+    assert 0 <= out[key].min() and out[key].max() <= 1  # bilinear: convex combinations
+    np.testing.assert_array_equal(out[key], again[key])
+    assert not np.array_equal(out[key], other[key])
+  np.testing.assert_array_equal(out["image"], image)
+  assert out["label"] == 3
+  # The local view is a crop of the global view: replaying the rng's boxes rebuilds it.
+  rng = np.random.default_rng(7)
+  glob_box = cropmae.random_resized_box(rng, 28, 28, (0.1, 1.0), (3 / 4, 4 / 3))
+  local_box = cropmae.random_resized_box(rng, 28, 28, (0.3, 0.6), (3 / 4, 4 / 3))
+  glob = cropmae.crop_resize(image, glob_box, (28, 28))
+  np.testing.assert_array_equal(out[cropmae.MASKED], cropmae.crop_resize(glob, local_box,
+                                                                         (28, 28)))
+
+
+@pytest.fixture(scope="module")
+def siamese():
+  cfg = TINY.__class__(**{**TINY.__dict__, "image_size": (8, 12)})
+  return (*_build(SiameseMAE, cfg), cfg)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_cropmae_loss_matches_numpy(siamese, norm_pix_loss):
+  """loss = NumPy masked MSE of the local view's patches given the global view; at most one
+  of the 6 patches visible (98.5%) but never none."""
+  model, params, cfg = siamese
+  rng = np.random.default_rng(3)
+  glob, local = (rng.uniform(size=(2, 8, 12, 1)).astype(np.float32) for _ in range(2))
+  batch = {cropmae.VISIBLE: jnp.asarray(glob), cropmae.MASKED: jnp.asarray(local)}
+  key = jax.random.key_data(jax.random.key(4))
+  config = _objective_config(mask_ratio=0.985, norm_pix_loss=norm_pix_loss)
+  loss, _ = jax.jit(functools.partial(cropmae.CroppedMAE().loss_fn, model=model,
+                                      config=config))(params, batch, key)
+  keep_idx, hidden = mae.random_keep(jax.random.wrap_key_data(key), 2, 6, 0.985, 1)
+  hidden = np.asarray(hidden)
+  assert keep_idx.shape == (2, 1) and hidden.sum() == 2 * 5
+  net = model.bind(params)
+  every = jnp.broadcast_to(jnp.arange(6), (2, 6))
+  context = net.encode(jnp.asarray(_np_patchify(glob, 4)), every)
+  patches = _np_patchify(local, 4)
+  pred = net.decode(net.encode(jnp.asarray(patches), keep_idx), keep_idx, 6, context=context)
+  target = patches.astype(np.float64)
+  if norm_pix_loss:
+    target = (target - target.mean(-1, keepdims=True)) / np.sqrt(
+        target.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(loss, _np_masked_mse(pred, target, hidden), rtol=1e-5)
+  # The decoder reads the global view: the loss has a gradient with respect to it.
+  def of_visible(view):
+    return cropmae.CroppedMAE().loss_fn(params, {**batch, cropmae.VISIBLE: view}, key,
+                                        model=model, config=config)[0]
+  assert np.abs(np.asarray(jax.grad(of_visible)(batch[cropmae.VISIBLE]))).max() > 0
+
+
+def test_cropmae_paper_encoder_is_vit_s_with_the_paper_decoder():
+  """DeiT (Touvron et al. 2021) Table 1: ViT-S 22M params (the encoder, no head); the
+  decoder is the script's 4 blocks of 256 wide."""
+  config = get_cropmae_config("S/16")
+  builder = MODELS.get("siamese_mae")
+  cfg = builder.model_config(config.model, DataInfo(image_shape=(224, 224, 3)))
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: builder.build(cfg, nnx.Rngs(0)))
+  encoder = sum(x.size for x in jax.tree.leaves(nnx.state(abstract.encoder, nnx.Param)))
+  assert abs(encoder / 22e6 - 1) < 0.02, encoder
+  assert (cfg.d_model, cfg.num_layers, cfg.dec_d_model, cfg.dec_layers) == (384, 12, 256, 4)
+  assert len(abstract.decoder.blocks) == 4 and config.objective.mask_ratio == 0.985
+
+
+def test_cropmae_tiny_trains_through_main_and_draws_both_views(tmp_path):
+  records = _run_main(tmp_path, "cropmae.py:tiny", "--config.train.steps=20",
+                      "--config.train.eval_every=20", "--config.train.eval_steps=1",
+                      "--config.train.checkpoint_every=20")
+  curve = [r["loss"] for r in records if "loss" in r]
+  assert np.mean(curve[-2:]) < 0.7 * np.mean(curve[:2]), curve
+  assert all(r["mfu"] > 0 for r in records if "loss" in r)
+  grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_20.png"))
+  assert grid.shape == (RECONSTRUCTION_EXAMPLES * 29 + 1, 4 * 29 + 1)
