@@ -16,7 +16,7 @@ from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenCo
                                   MultiTokenLM)
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
-from models.vit_variants import SiameseMAE
+from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -213,3 +213,17 @@ class SiameseMaeBuilder(MaeBuilder):
 
 
 MODELS.register("siamese_mae")(SiameseMaeBuilder())
+
+
+class CaeBuilder(MaeBuilder):
+  """CAE's encoder, latent regressor (`model.reg_layers` blocks) and pixel decoder."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> CAEConfig:
+    vit = super().model_config(model_cfg, info)
+    return CAEConfig(**dataclasses.asdict(vit), reg_layers=model_cfg.reg_layers)
+
+  def build(self, cfg: CAEConfig, rngs):
+    return ContextAutoencoder(cfg, rngs=rngs)
+
+
+MODELS.register("cae")(CaeBuilder())

@@ -35,7 +35,8 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("graphcodebert", v) for v in ("tiny", "base")]
             + [("minilm", v) for v in ("tiny", "L6_H768")]
             + [("pd", v) for v in ("tiny", "L-2_H-128", "mini", "small", "medium")]
-            + [("cropmae", v) for v in ("tiny", "S/16")])
+            + [("cropmae", v) for v in ("tiny", "S/16")]
+            + [("cae", v) for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):
