@@ -21,9 +21,7 @@ from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives import cae, cropmae, mae
 from configs.cae import get_config as get_cae_config
 from configs.cropmae import get_config as get_cropmae_config
-from configs.mae import get_config as get_mae_config
 from objectives.base import DataInfo, ModelDef
-from pretrain import checkpoint
 from pretrain import main as main_lib
 from pretrain.data import corpora
 from pretrain.registry import MODELS
@@ -117,18 +115,10 @@ def test_mae_run_writes_reconstruction_pngs_of_fixed_validation_images(tmp_path)
   first, _ = corpora.fashion_mnist("test")
   for i in range(k):  # The first validation images, unshuffled, every time.
     np.testing.assert_array_equal(_panel(grid, i, 0, 28, 28)[..., 0], first[i])
-  # The reconstructed panel of step 4 is the prediction of the params saved at step 4.
-  config = get_mae_config("tiny")
-  builder = MODELS.get("mae")
-  cfg = builder.model_config(config.model, DataInfo(image_shape=(28, 28, 1)))
-  model, fresh = _build(lambda c, rngs: builder.build(c, rngs), cfg)
-  params, _ = checkpoint.load_params(str(tmp_path), 4, "", fresh)
-  images = jnp.asarray(first[:k, :, :, None], jnp.float32) / 255.0
-  rng = jax.random.key_data(jax.random.key(config.seed + 1))
-  want = jax.jit(functools.partial(mae.MaskedAutoencoder().reconstructions, model=model,
-                                   config=config))(params, {"image": images}, rng)
-  diff = np.asarray(want["reconstructions"]).astype(int) - grid.astype(int)
-  assert np.abs(diff).max() <= 1
+  # The reconstructed panel moved with training (it is the model's prediction: the unit
+  # test above checks that exactly).
+  before = np.asarray(Image.open(directory / "step_2.png"))[..., None]
+  assert not np.array_equal(_panel(grid, 0, 2, 28, 28), _panel(before, 0, 2, 28, 28))
 
 
 # --- CropMAE -----------------------------------------------------------------------------
