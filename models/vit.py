@@ -199,9 +199,13 @@ class MAE(nnx.Module):
                            init_std=std, rngs=rngs)
     self.mask_token = normal_param(rngs, (1, 1, dec.d_model), (None, None, "embed"), std)
     self.dec_pos = PatchPositions(cfg, dec.d_model, rngs=rngs)
-    self.decoder = TransformerStack(dec, cfg.dec_layers, rngs=rngs)
+    self.decoder = self.build_decoder(dec, rngs)
     self.dec_pred = Dense(dec.d_model, cfg.patch_dim, ("embed", "patch"), dtype=cfg.dtype,
                           init_std=std, rngs=rngs, out_dtype=jnp.float32)
+
+  def build_decoder(self, dec: BlockConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """MAE's decoder: self-attention blocks over all patches (variants swap it)."""
+    return TransformerStack(dec, self.cfg.dec_layers, rngs=rngs)
 
   def encode(self, patches: jax.Array, keep_idx: jax.Array) -> jax.Array:
     """patches (B, N, P), keep_idx (B, Nk) int -> latent (B, 1 + Nk, D)."""
@@ -210,6 +214,13 @@ class MAE(nnx.Module):
 
   def decode(self, latent: jax.Array, keep_idx: jax.Array, num_patches: int) -> jax.Array:
     """latent (B, 1 + Nk, D) -> predicted patches (B, N, P) float32 for every patch."""
+    x = self.decoder(self.decoder_inputs(latent, keep_idx, num_patches), mask=None)
+    return self.dec_pred(x[:, self.cfg.num_prefix:])  # (B, N, P)
+
+  def decoder_inputs(self, latent: jax.Array, keep_idx: jax.Array,
+                     num_patches: int) -> jax.Array:
+    """latent (B, 1 + Nk, D) -> (B, 1 + N, Dd): the embedded latents at their patches,
+    the mask token at the others, plus decoder positions."""
     if num_patches != self.cfg.num_patches:
       raise ValueError(f"num_patches={num_patches} != the config's {self.cfg.num_patches}")
     x = self.dec_embed(latent)  # (B, 1 + Nk, Dd)
@@ -219,8 +230,7 @@ class MAE(nnx.Module):
     full = full.at[jnp.arange(b)[:, None], keep_idx].set(visible)  # (B, N, Dd)
     idx = jnp.broadcast_to(jnp.arange(num_patches), (b, num_patches))
     full = full + self.dec_pos(idx).astype(x.dtype)
-    x = self.decoder(constrain(jnp.concatenate([prefix, full], axis=1), ACT), mask=None)
-    return self.dec_pred(x[:, self.cfg.num_prefix:])  # (B, N, P)
+    return constrain(jnp.concatenate([prefix, full], axis=1), ACT)
 
 
 def vit_encoder_flops_per_image(cfg: ViTConfig, num_tokens: int) -> float:

@@ -114,6 +114,17 @@ class Objective:
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming a bad objective.* value; called before any compile."""
 
+  def has_reconstructions(self) -> bool:
+    return type(self).reconstructions is not Objective.reconstructions
+
+  def reconstructions(self, params, batch: dict[str, jax.Array], rng: jax.Array, *,
+                      model: ModelDef, config: ml_collections.ConfigDict
+                      ) -> dict[str, jax.Array]:
+    """Optional pictures of what the model reconstructs from a few fixed held-out examples
+    (`batch`, host-transformed): name -> uint8 (H, W, C) image. Pure and jittable; the
+    trainer writes them (TensorBoard, <workdir>/<name>/step_<N>.png) at every evaluation."""
+    raise NotImplementedError(f"objective {self.name!r} draws no reconstructions")
+
   # How the trained model reads clean text for `features`: "bidirectional" for an encoder,
   # "causal" for a decoder; "" = no text features (image objectives override `features`).
   feature_mask: str = ""

@@ -12,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Dense peak FLOP/s per device (bf16) from the vendors' spec sheets.
 PEAK_FLOPS = {
@@ -75,7 +76,7 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True):
-    self.enabled = enabled
+    self.enabled, self.workdir = enabled, workdir
     self._jsonl = None
     self._tb = None
     if enabled:
@@ -93,6 +94,22 @@ class MetricWriter:
     for key, value in record.items():
       if key != "step":
         self._tb.add_scalar(key, value, step)
+    self._tb.flush()
+
+  def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """uint8 (H, W, C) images to TensorBoard and to <workdir>/<name>/step_<step>.png."""
+    if not self.enabled:
+      return
+    from PIL import Image
+    for name, image in images.items():
+      image = np.asarray(image)
+      self._tb.add_image(name, image, step, dataformats="HWC")
+      directory = os.path.join(self.workdir, name)
+      os.makedirs(directory, exist_ok=True)
+      path = os.path.join(directory, f"step_{int(step)}.png")
+      Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path + ".tmp",
+                                                                               format="PNG")
+      os.replace(path + ".tmp", path)
     self._tb.flush()
 
   def console(self, line: str) -> None:

@@ -18,6 +18,7 @@ from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
+from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -249,3 +250,27 @@ class TTMBuilder:
 
 
 MODELS.register("ttm")(TTMBuilder())
+
+
+class SiameseMaeBuilder(MaeBuilder):
+  """MAE whose decoder cross-attends to a second, visible view: `SiameseMAE` (CropMAE)."""
+
+  def build(self, cfg: ViTConfig, rngs):
+    return SiameseMAE(cfg, rngs=rngs)
+
+
+MODELS.register("siamese_mae")(SiameseMaeBuilder())
+
+
+class CaeBuilder(MaeBuilder):
+  """CAE's encoder, latent regressor (`model.reg_layers` blocks) and pixel decoder."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> CAEConfig:
+    vit = super().model_config(model_cfg, info)
+    return CAEConfig(**dataclasses.asdict(vit), reg_layers=model_cfg.reg_layers)
+
+  def build(self, cfg: CAEConfig, rngs):
+    return ContextAutoencoder(cfg, rngs=rngs)
+
+
+MODELS.register("cae")(CaeBuilder())

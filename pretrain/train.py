@@ -296,6 +296,34 @@ def make_eval_step(run: Run, param_shardings):
                  out_shardings=sharding.replicated(run.mesh))
 
 
+# Held-out examples (the first of the unshuffled validation split) an objective draws its
+# reconstructions of at every evaluation.
+RECONSTRUCTION_EXAMPLES = 8
+
+
+def make_reconstruction_step(run: Run, param_shardings):
+  """jit(params, batch) -> the objective's pictures of the batch's first
+  RECONSTRUCTION_EXAMPLES examples, with the eval rng; None if it draws none."""
+  if not run.objective.has_reconstructions():
+    return None
+  rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
+
+  def step(params, batch):
+    few = {k: v[:RECONSTRUCTION_EXAMPLES] for k, v in batch.items()}
+    return run.objective.reconstructions(params, few, rng, model=run.model_def,
+                                         config=run.config)
+
+  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh)),
+                 out_shardings=sharding.replicated(run.mesh))
+
+
+def reconstruct(run: Run, reconstruction_step, params) -> dict[str, np.ndarray]:
+  """The pictures of the first held-out batch (the same examples every time)."""
+  it = make_iterator(run, run.eval_source, shuffle=False)
+  batch = sharding.global_batch(next(it), run.mesh)
+  return jax.device_get(reconstruction_step(params, batch))
+
+
 def make_iterator(run: Run, source, *, shuffle: bool):
   return pipeline.make_iterator(
       source, run.objective.host_transform(run.config, run.info), seed=run.config.seed,
@@ -381,10 +409,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           state = {**state, "teacher": teacher}
       train_step = make_train_step(run, shardings)
       eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
+      pictures = (make_reconstruction_step(run, shardings["params"]) if t.eval_every
+                  else None)
       start = int(jax.device_get(state["step"]))
       evaluators = evaluators_lib.build(run)
       return _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
-                   writer, peak, preempted)
+                   writer, peak, preempted, pictures=pictures)
   finally:
     writer.close()
     ckpt.close()
@@ -442,7 +472,7 @@ def _log_scores(writer, done: int, what: str, scores: dict[str, float]) -> None:
 
 
 def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt, writer,
-          peak_info, preempted):
+          peak_info, preempted, pictures=None):
   t, objective = run.config.train, run.objective
   peak, peak_source = peak_info
   flops = 3 * objective.forward_flops_per_example(run.config, run.info, run.model_cfg)
@@ -477,6 +507,8 @@ def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
                         state.get("objective"))
       _log_scores(writer, done, "eval", scores)
       last.update(scores)
+      if pictures is not None:
+        writer.images(done, reconstruct(run, pictures, state["params"]))
       meter.restart()
     every = run.config.evaluate.every
     if evaluators and ((every and done % every == 0) or done == t.steps):

@@ -44,7 +44,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
                                              "B/16_student")]
             + [("retromae", v) for v in ("tiny", "base")]
             + [("starbucks", v) for v in ("tiny", "base")]
-            + [("contrabert", v) for v in ("tiny", "base")])
+            + [("contrabert", v) for v in ("tiny", "base")]
+            + [("cropmae", v) for v in ("tiny", "S/16")]
+            + [("cae", v) for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):
