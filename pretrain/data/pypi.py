@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 
@@ -21,14 +22,19 @@ def fetch(cache_dir: str, requirement: str, filename: str, *, source: bool) -> s
     return path
   os.makedirs(cache_dir, exist_ok=True)
   kind = ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
-  cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", *kind,
-         "-d", cache_dir]
-  result = subprocess.run(cmd, capture_output=True, text=True)
-  if result.returncode != 0 or not os.path.exists(path):
-    raise RuntimeError(
-        f"could not download {requirement} ({result.stderr.strip()[-500:]}).\n"
-        f"Get it by hand on a machine with PyPI access: `{' '.join(cmd[2:-2])}` and copy "
-        f"{filename} into {cache_dir}")
+  # Into a private folder, then renamed: another process (a second test worker) never sees
+  # a half-written archive under the final name.
+  with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+    cmd = [sys.executable, "-m", "pip", "download", requirement, "--no-deps", *kind,
+           "-d", tmp]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    fetched = os.path.join(tmp, filename)
+    if result.returncode != 0 or not os.path.exists(fetched):
+      raise RuntimeError(
+          f"could not download {requirement} ({result.stderr.strip()[-500:]}).\n"
+          f"Get it by hand on a machine with PyPI access: `pip download {requirement} "
+          f"--no-deps {' '.join(kind)}` and copy {filename} into {cache_dir}")
+    os.replace(fetched, path)
   return path
 
 
