@@ -49,6 +49,7 @@ import numpy as np  # noqa: E402
 from pretrain import config as config_lib  # noqa: E402
 from pretrain import metrics as metrics_lib  # noqa: E402
 from pretrain import sharding, train  # noqa: E402
+from pretrain import steps as run_steps  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
@@ -132,10 +133,10 @@ def bench_one(name: str, dtype: str, *, steps: int, warmup: int, peaks: dict) ->
     state = _ready(jax.jit(train.init_state_fn(run), out_shardings=shardings)(
         train.init_rng(config)))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
-    step_fn = train.make_train_step(run, shardings)
+    step_fn = run_steps.make_train_step(run, shardings)
 
     # Batches for warmup + timing, pulled from the real pipeline and put on device first.
-    data_iter = train.make_iterator(run, run.train_source, shuffle=True)
+    data_iter = run_steps.make_iterator(run, run.train_source, shuffle=True)
     batches = [sharding.global_batch(next(data_iter), run.mesh) for _ in range(warmup + steps)]
     _ready(batches)
 
@@ -163,7 +164,7 @@ def bench_one(name: str, dtype: str, *, steps: int, warmup: int, peaks: dict) ->
     del batches
 
     # The trainer's loop shape: next(iterator) -> global_batch -> dispatch, no block.
-    loop_iter = train.make_iterator(run, run.train_source, shuffle=True)
+    loop_iter = run_steps.make_iterator(run, run.train_source, shuffle=True)
     for _ in range(warmup):
       state, out = compiled(state, sharding.global_batch(next(loop_iter), run.mesh))
     _ready((state, out))

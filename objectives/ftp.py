@@ -19,7 +19,7 @@ from models.attention import attention_mask
 from models.encoder_decoder import encoder_decoder_flops
 from models.transformer import stack_flops_per_token
 from objectives import base
-from objectives.multi_token import future_token_loss, future_token_targets, validate_future
+from objectives.multi_token import MultiToken, future_token_loss, future_token_targets
 
 
 def decoder_inputs(tokens, targets, weights):
@@ -30,14 +30,10 @@ def decoder_inputs(tokens, targets, weights):
 
 
 @base.register("ftp")
-class FutureTokenPrediction(base.Objective):
+class FutureTokenPrediction(MultiToken):
+  """Multi-token's data, checks and unit; the N future tokens come from a small decoder
+  over a pseudo-sequence instead of N heads."""
   models = ("ftp",)
-  modality = "text"
-  unit = "tokens"
-  tokenizer = "bpe"
-
-  def validate(self, config):
-    validate_future(config)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng
@@ -49,9 +45,6 @@ class FutureTokenPrediction(base.Objective):
     states = net.decode(hidden, decoder_inputs(tokens, targets, weights))  # (B, L, N, D)
     logits = net.logits(jnp.moveaxis(states, 2, 0))  # (N, B, L, V)
     return future_token_loss(logits, targets, weights, config.objective.future_decay)
-
-  def units_per_example(self, config, info):
-    return info.seq_len
 
   def forward_flops_per_example(self, config, info, model_cfg):
     # Per position: the causal encoder, the D -> N x D projection, and one encoder-decoder

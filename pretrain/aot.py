@@ -6,7 +6,7 @@
 
 Needs libtpu (`pip install -e ".[aot]"`) for compile-only devices of the slice. State and
 batch are abstract (ShapeDtypeStructs with the trainer's shardings); the jitted step is
-`train.make_train_step`'s own, so what fits here is what `pretrain.main` runs on the pod.
+`steps.make_train_step`'s own, so what fits here is what `pretrain.main` runs on the pod.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from jax.experimental import topologies
 import objectives  # noqa: F401  (registers objectives)
 import pretrain.model_builders  # noqa: F401  (registers models)
 from objectives.base import DataInfo
-from pretrain import config as config_lib, metrics as metrics_lib, sharding, train
+from pretrain import config as config_lib, metrics as metrics_lib, sharding, steps, train
 from pretrain.data import series
 from pretrain.data.packing import pack_documents
 from pretrain.data.sources import image_example
@@ -195,7 +195,7 @@ def compile_step(config, label: str = "") -> Report:
       peak_flops=metrics_lib.PEAK_FLOPS[devices[0].device_kind])
   start = time.perf_counter()
   state, shardings = train.sharded_abstract_state(run)
-  step = train.make_train_step(run, shardings)
+  step = steps.make_train_step(run, shardings)
   # Only tracing needs the mesh context (for activation constraints): under it, any eager
   # op would try to run on the compile-only devices.
   with sharding.activation_context(run.mesh, run.rules):

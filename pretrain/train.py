@@ -33,9 +33,9 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from objectives.base import NEXT_STATE, DataInfo, ModelDef, Objective, Teacher
+from objectives.base import DataInfo, ModelDef, Objective
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
-from pretrain import teacher as teacher_lib
+from pretrain import steps, teacher as teacher_lib
 from pretrain.data import pipeline, series
 from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
@@ -202,151 +202,6 @@ def sharded_abstract_state(run: Run):
   return target, shardings
 
 
-def make_train_step(run: Run, shardings):
-  """jit(state, batch) -> (state, metrics): grad accumulation over micro-batches."""
-  config, accum = run.config, run.config.train.grad_accum
-  loss = _loss_fn(run)
-  grad_fn = jax.value_and_grad(loss, has_aux=True)  # Only the student's params: argnum 0.
-
-  def step(state, batch):
-    rng = jax.random.fold_in(state["rng"], state["step"])
-    teacher, objective_state = state.get("teacher"), state.get("objective")
-    if accum == 1:
-      (loss_value, aux), grads = grad_fn(state["params"], batch, rng, teacher, objective_state)
-    else:
-      # Micro-batch a takes rows a, a+accum, ...: every device holds a slice of each.
-      micro = jax.tree.map(
-          lambda x: jnp.swapaxes(x.reshape(-1, accum, *x.shape[1:]), 0, 1), batch)
-
-      def body(carry, inputs):
-        mb, i = inputs
-        (l, m), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i), teacher,
-                            objective_state)
-        return jax.tree.map(jnp.add, carry, (l, m, g)), None
-
-      first = jax.tree.map(lambda x: x[0], micro)
-      loss_and_aux = jax.eval_shape(loss, state["params"], first, rng, teacher, objective_state)
-      zeros = jax.tree.map(jnp.zeros_like, (*loss_and_aux, state["params"]))
-      total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-      # The next objective state too is the mean over micro-batches.
-      loss_value, aux, grads = jax.tree.map(lambda x: x / accum, total)
-    aux = dict(aux)
-    next_objective_state = aux.pop(NEXT_STATE, objective_state)
-    updates, opt_state = run.tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
-    if run.teacher is not None and run.teacher.kind == "ema":  # After the optimizer update.
-      teacher = teacher_lib.ema_update(
-          teacher, params, teacher_lib.ema_momentum(config.teacher, state["step"],
-                                                    config.train.steps))
-    # No host sync here: a bad step is undone on device and only counted.
-    params, opt_state, teacher, objective_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old),
-        (params, opt_state, teacher, next_objective_state),
-        (state["params"], state["opt_state"], state.get("teacher"), objective_state))
-    first_bad = state["first_nonfinite_step"]
-    new_state = {
-        "step": state["step"] + 1, "params": params, "opt_state": opt_state,
-        "rng": state["rng"], "nonfinite_steps": state["nonfinite_steps"] + (~finite),
-        "first_nonfinite_step": jnp.where(finite | (first_bad > 0), first_bad,
-                                          state["step"] + 1)}
-    if run.teacher is not None:
-      new_state["teacher"] = teacher
-    if objective_state is not None:
-      new_state["objective"] = objective_state
-    out = {"loss": loss_value, **aux, "grad_norm": grad_norm,
-           "lr": run.schedule(state["step"]), "nonfinite_steps": new_state["nonfinite_steps"]}
-    return new_state, out
-
-  return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(run.mesh)),
-                 out_shardings=(shardings, sharding.replicated(run.mesh)), donate_argnums=0)
-
-
-def _loss_fn(run: Run):
-  """(params, batch, rng, teacher params or None, objective state or None) -> (loss,
-  metrics): the objective's loss, given the teacher (gradient stopped) when the run has one
-  and its running state when it keeps one."""
-  objective, config = run.objective, run.config
-
-  def loss(params, batch, rng, teacher_params, objective_state):
-    extra = {} if run.teacher is None else {
-        "teacher": Teacher(run.teacher.model_def, jax.lax.stop_gradient(teacher_params))}
-    if objective_state is not None:
-      extra["objective_state"] = objective_state
-    return objective.loss_fn(params, batch, rng, model=run.model_def, config=config, **extra)
-
-  return loss
-
-
-def make_eval_step(run: Run, param_shardings):
-  """jit(params, batch, teacher params or None, objective state or None) -> metrics with a
-  fixed rng, so evaluations are comparable (the objective's next state is dropped)."""
-  rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
-  loss = _loss_fn(run)
-  teacher = None if run.teacher is None else sharding.param_shardings(
-      run.teacher.abstract_params, run.mesh, run.rules)
-
-  def step(params, batch, teacher_params, objective_state):
-    value, aux = loss(params, batch, rng, teacher_params, objective_state)
-    return {"loss": value, **{k: v for k, v in aux.items() if k != NEXT_STATE}}
-
-  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh),
-                                     teacher, sharding.replicated(run.mesh)),
-                 out_shardings=sharding.replicated(run.mesh))
-
-
-# Held-out examples (the first of the unshuffled validation split) an objective draws its
-# reconstructions of at every evaluation.
-RECONSTRUCTION_EXAMPLES = 8
-
-
-def make_reconstruction_step(run: Run, param_shardings):
-  """jit(params, batch) -> the objective's pictures of the batch's first
-  RECONSTRUCTION_EXAMPLES examples, with the eval rng; None if it draws none."""
-  if not run.objective.has_reconstructions():
-    return None
-  rng = jax.random.key_data(jax.random.key(run.config.seed + 1))
-
-  def step(params, batch):
-    few = {k: v[:RECONSTRUCTION_EXAMPLES] for k, v in batch.items()}
-    return run.objective.reconstructions(params, few, rng, model=run.model_def,
-                                         config=run.config)
-
-  return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(run.mesh)),
-                 out_shardings=sharding.replicated(run.mesh))
-
-
-def reconstruct(run: Run, reconstruction_step, params) -> dict[str, np.ndarray]:
-  """The pictures of the first held-out batch (the same examples every time)."""
-  it = make_iterator(run, run.eval_source, shuffle=False)
-  batch = sharding.global_batch(next(it), run.mesh)
-  return jax.device_get(reconstruction_step(params, batch))
-
-
-def make_iterator(run: Run, source, *, shuffle: bool):
-  return pipeline.make_iterator(
-      source, run.objective.host_transform(run.config, run.info), seed=run.config.seed,
-      global_batch=run.config.train.global_batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=run.config.data.num_threads,
-      prefetch=run.config.data.prefetch, shuffle=shuffle)
-
-
-def evaluate(run: Run, eval_step, params, teacher=None,
-             objective_state=None) -> dict[str, float]:
-  """Mean metrics over train.eval_steps batches of the held-out split (`teacher`: the
-  state's teacher params, for distillation objectives; `objective_state`: the state's
-  "objective" entry, for objectives that keep one)."""
-  it = make_iterator(run, run.eval_source, shuffle=False)
-  totals: dict[str, float] = {}
-  for _ in range(run.config.train.eval_steps):
-    out = jax.device_get(eval_step(params, sharding.global_batch(next(it), run.mesh),
-                                   teacher, objective_state))
-    for k, v in out.items():
-      totals[k] = totals.get(k, 0.0) + float(v) / run.config.train.eval_steps
-  return {f"eval_{k}": v for k, v in totals.items()}
-
-
 def _write_config(workdir: str, config) -> None:
   """Records the config a fresh run starts with; `config.check_resumable` compares a rerun
   against it. A resumed run never rewrites it."""
@@ -380,7 +235,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   try:
     with sharding.activation_context(run.mesh, run.rules), _sigterm_flag() as preempted:
       target, shardings = sharded_abstract_state(run)
-      data_iter = make_iterator(run, run.train_source, shuffle=True)
+      data_iter = steps.make_iterator(run, run.train_source, shuffle=True)
       resumed = ckpt.restore_latest(target)
       if resumed is not None:
         step, state, data_state = resumed
@@ -407,10 +262,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
           except (FileNotFoundError, ValueError) as e:
             raise config_lib.ConfigError(str(e)) from None
           state = {**state, "teacher": teacher}
-      train_step = make_train_step(run, shardings)
-      eval_step = make_eval_step(run, shardings["params"]) if t.eval_every else None
-      pictures = (make_reconstruction_step(run, shardings["params"]) if t.eval_every
-                  else None)
+      train_step = steps.make_train_step(run, shardings)
+      eval_step = steps.make_eval_step(run, shardings["params"]) if t.eval_every else None
+      pictures = steps.make_picture_fn(run, shardings["params"]) if t.eval_every else None
       start = int(jax.device_get(state["step"]))
       evaluators = evaluators_lib.build(run)
       return _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
@@ -503,12 +357,12 @@ def _loop(run, state, start, data_iter, train_step, eval_step, evaluators, ckpt,
       writer.console(metrics_lib.progress_line(done, t.steps, last, objective.unit,
                                                step_time * (t.steps - done)))
     if eval_step is not None and (done % t.eval_every == 0 or done == t.steps):
-      scores = evaluate(run, eval_step, state["params"], state.get("teacher"),
+      scores = steps.evaluate(run, eval_step, state["params"], state.get("teacher"),
                         state.get("objective"))
       _log_scores(writer, done, "eval", scores)
       last.update(scores)
       if pictures is not None:
-        writer.images(done, reconstruct(run, pictures, state["params"]))
+        writer.images(done, pictures(state["params"]))
       meter.restart()
     every = run.config.evaluate.every
     if evaluators and ((every and done % every == 0) or done == t.steps):

@@ -23,6 +23,7 @@ from objectives import dino
 from objectives.base import DataInfo, ModelDef, Teacher
 from objectives.mae import random_keep
 from pretrain import config as config_lib, main as main_lib, sharding, train
+from pretrain import steps as run_steps
 from pretrain import teacher as teacher_lib
 from pretrain.registry import MODELS, OBJECTIVES
 
@@ -179,7 +180,7 @@ def test_ema_teacher_and_center_follow_their_formulas_over_steps(tiny_run):
   with sharding.activation_context(run.mesh, run.rules):
     _, shardings = train.sharded_abstract_state(run)
     state = jax.jit(train.init_state_fn(run), out_shardings=shardings)(train.init_rng(config))
-    step_fn = train.make_train_step(run, shardings)
+    step_fn = run_steps.make_train_step(run, shardings)
     transform = run.objective.host_transform(config, run.info)
     teacher_views = jax.jit(lambda p, x: dino._views(run.model_def.bind(p), x))
     host = jax.device_get(state)

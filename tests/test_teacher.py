@@ -22,6 +22,7 @@ from models.transformer import TextTransformer, TransformerConfig
 from objectives import minilm, mlm
 from objectives.base import DataInfo, ModelDef, Teacher, kl_divergence
 from pretrain import aot, checkpoint, main as main_lib, sharding, train
+from pretrain import steps as run_steps
 from pretrain import config as config_lib
 from pretrain.data.packing import pack_documents
 from pretrain.data.tokenizer import load_tokenizer_file
@@ -80,7 +81,7 @@ def _train(run, steps: int):
     _, shardings = train.sharded_abstract_state(run)
     state = jax.jit(train.init_state_fn(run), out_shardings=shardings)(
         train.init_rng(run.config))
-    step = train.make_train_step(run, shardings)
+    step = run_steps.make_train_step(run, shardings)
     history, out = [jax.device_get(state)], None
     for i in range(steps):
       batch = sharding.global_batch(_mlm_batch(4, seed=10 * i), run.mesh)

@@ -25,7 +25,8 @@ from objectives.base import DataInfo, ModelDef
 from pretrain import main as main_lib
 from pretrain.data import corpora
 from pretrain.registry import MODELS
-from pretrain.train import RECONSTRUCTION_EXAMPLES, read_metrics
+from pretrain.steps import RECONSTRUCTION_EXAMPLES
+from pretrain.train import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ViTConfig(image_size=(8, 8), patch_size=(4, 4), channels=1, d_model=16, num_layers=1,

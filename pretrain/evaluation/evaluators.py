@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from pretrain import sharding
+from pretrain import sharding, steps
 from pretrain.data import pipeline
 from pretrain.data.sources import image_example
 from pretrain.evaluation import probes, tasks
@@ -74,16 +74,14 @@ class HeldoutLoss(Evaluator):
 
   def __init__(self, run):
     super().__init__(run)
-    from pretrain import train  # The trainer imports this module.
-    self._train = train
     self._step = None
 
   def run(self, state):
     if self._step is None:
       shardings = sharding.param_shardings(self.run_.abstract_params, self.run_.mesh,
                                            self.run_.rules)
-      self._step = self._train.make_eval_step(self.run_, shardings)
-    scores = self._train.evaluate(self.run_, self._step, state["params"], state.get("teacher"),
+      self._step = steps.make_eval_step(self.run_, shardings)
+    scores = steps.evaluate(self.run_, self._step, state["params"], state.get("teacher"),
                                   state.get("objective"))
     if self.run_.objective.unit == "tokens":
       scores["eval_perplexity"] = float(np.exp(scores["eval_loss"]))
