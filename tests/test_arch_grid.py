@@ -20,7 +20,7 @@ from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, encoder
 from models.transformer import TextTransformer, TransformerConfig
 from objectives import decoder_span_corruption as dsc
 from objectives import encoder_decoder_prefix_lm as edp
-from objectives.base import DataInfo, ModelDef
+from objectives.base import DataInfo
 from objectives.causal_lm import CausalLM
 from objectives.prefix_lm import prefix_lm_targets
 from pretrain import config as config_lib
@@ -28,6 +28,7 @@ from pretrain import main as main_lib
 from pretrain.data.packing import pack_documents
 from pretrain.registry import MODELS
 from pretrain.train import read_metrics
+from helpers import build, np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.key_data(jax.random.key(0))
@@ -47,19 +48,6 @@ def _rows(num: int, seed: int = 0) -> list[dict]:
           for _ in range(num * SEQ // 10)]
   packed = pack_documents(docs, [np.ones(len(d), bool) for d in docs], SEQ, VOCAB - 1)
   return [{k: v[i] for k, v in packed.items()} for i in range(num)]
-
-
-def _build(cls, cfg):
-  with nnx.use_eager_sharding(False):
-    graphdef, state = nnx.split(cls(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  return ModelDef(graphdef), nnx.to_pure_dict(state)
-
-
-def _np_xent(logits, targets):
-  logits = np.asarray(logits, np.float64)
-  top = logits.max(-1, keepdims=True)
-  logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-  return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
 # --- CD:MLM / ND:MLM rows ----------------------------------------------------------------
@@ -138,7 +126,7 @@ def test_nd_prefix_mask_covers_exactly_each_segments_inputs():
 
 @pytest.fixture(scope="module")
 def decoder():
-  model, params = _build(TextTransformer, LM_CFG)
+  model, params = build(TextTransformer, LM_CFG)
   batch = {k: jnp.asarray(np.stack([ROW.random_map(r, np.random.default_rng(i))[k]
                                     for i, r in enumerate(_rows(2, 5))]))
            for k in ("tokens", "segment_ids", "positions", "is_prefix")}
@@ -161,7 +149,7 @@ def test_decoder_span_corruption_loss_matches_numpy(decoder, decoder_mask):
   nxt = np.pad(segs[:, 1:], ((0, 0), (0, 1)))
   w = (segs > 0) & (nxt == segs) & ~np.pad(prefix[:, 1:], ((0, 0), (0, 1)))
   assert w.sum() == (~prefix & (segs > 0)).sum()  # every target token is predicted once
-  np.testing.assert_allclose(loss, _np_xent(logits, targets)[w].mean(), rtol=1e-5)
+  np.testing.assert_allclose(loss, np_cross_entropy(logits, targets)[w].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["accuracy"], (logits.argmax(-1) == targets)[w].mean(),
                              rtol=1e-6)
 
@@ -233,7 +221,7 @@ def test_ed_prefix_lm_loss_matches_numpy_and_segments_are_isolated(ed_batch):
   """Teacher forcing: decoder input t is target t-1 of its segment (a segment starts from
   0); the loss averages every target token. Changing encoder segment 2 leaves decoder
   segment 1 unchanged."""
-  model, params = _build(EncoderDecoder, ED_CFG)
+  model, params = build(EncoderDecoder, ED_CFG)
   b = ed_batch
   loss, metrics = jax.jit(functools.partial(edp.EncoderDecoderPrefixLM().loss_fn, model=model,
                                             config=None))(params, b, RNG)
@@ -249,7 +237,7 @@ def test_ed_prefix_lm_loss_matches_numpy_and_segments_are_isolated(ed_batch):
         dec_positions=b["target_positions"])), np.float64)
 
   base, w = logits(b["inputs"]), segs > 0
-  np.testing.assert_allclose(loss, _np_xent(base, targets)[w].mean(), rtol=1e-5)
+  np.testing.assert_allclose(loss, np_cross_entropy(base, targets)[w].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["accuracy"], (base.argmax(-1) == targets)[w].mean(),
                              rtol=1e-6)
   other = logits(jnp.where(b["input_segment_ids"] == 2, 7, b["inputs"]))

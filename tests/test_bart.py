@@ -24,6 +24,7 @@ from pretrain.data.packing import pack_documents
 from pretrain.data.tokenizer import train_or_load_tokenizer
 from pretrain.registry import MODELS
 from pretrain.train import read_metrics
+from helpers import np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.key_data(jax.random.key(0))
@@ -310,13 +311,6 @@ def test_e2s2_denoising_targets_are_the_bart_noised_tokens():
 # --- losses -------------------------------------------------------------------------------
 
 
-def _np_xent(logits, targets):
-  logits = np.asarray(logits, np.float64)
-  top = logits.max(-1, keepdims=True)
-  logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-  return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
-
-
 def _np_info_nce(a, b, t):
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)
@@ -324,7 +318,7 @@ def _np_info_nce(a, b, t):
   b /= np.linalg.norm(b, axis=-1, keepdims=True)
   sim = a @ b.T / t
   labels = np.arange(len(a))
-  return 0.5 * (_np_xent(sim, labels).mean() + _np_xent(sim.T, labels).mean())
+  return 0.5 * (np_cross_entropy(sim, labels).mean() + np_cross_entropy(sim.T, labels).mean())
 
 
 def test_info_nce_matches_numpy():
@@ -380,7 +374,7 @@ def _np_logits(params, hidden):
 def _np_decoder_loss(params, batch, dec):
   w = batch["target_segment_ids"] > 0
   logits = _np_logits(params, dec)
-  return (_np_xent(logits, batch["targets"])[w].mean(),
+  return (np_cross_entropy(logits, batch["targets"])[w].mean(),
           (logits.argmax(-1) == batch["targets"])[w].mean())
 
 
@@ -404,7 +398,7 @@ def test_e2s2_loss_matches_numpy(model):
   dec_loss, _ = _np_decoder_loss(params, batch, dec)
   w = batch["denoise_weights"] > 0
   picked = np.take_along_axis(enc, batch["denoise_positions"][..., None], 1)
-  de_loss = _np_xent(_np_logits(params, picked), batch["denoise_ids"])[w].mean()
+  de_loss = np_cross_entropy(_np_logits(params, picked), batch["denoise_ids"])[w].mean()
 
   def pool(h, segs):
     m = segs > 0

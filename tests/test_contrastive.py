@@ -22,23 +22,18 @@ from models.attention import attention_mask
 from models.future_tokens import MultiTokenConfig, MultiTokenLM
 from models.transformer import TextTransformer, TransformerConfig
 from objectives import contrabert, retromae, starbucks
-from objectives.base import DataInfo, ModelDef
+from objectives.base import DataInfo
 from objectives.contrastive import info_nce
 from objectives.mlm import MlmMasking
 from pretrain import main as main_lib
 from pretrain.data import code_augment as aug
 from pretrain.registry import MODELS, OBJECTIVES
 from pretrain.train import read_metrics
+from helpers import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, VOCAB, MASK, CLS = 24, 40, 1, 127  # [CLS] is the last row of the padded table (128)
 SPECIALS = (0, 1, 2)
-
-
-def _build(cls, cfg):
-  with nnx.use_eager_sharding(False):
-    graphdef, state = nnx.split(cls(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-  return ModelDef(graphdef), nnx.to_pure_dict(state)
 
 
 def _np_xent(logits, targets):
@@ -175,7 +170,7 @@ def test_bag_of_words_loss_matches_numpy():
 def retro_model():
   cfg = MultiTokenConfig(vocab_size=128, num_layers=1, d_model=16, num_heads=2, d_ff=32,
                          max_len=SEQ, norm="post", embed_norm=True, num_future=1)
-  return _build(MultiTokenLM, cfg)
+  return build(MultiTokenLM, cfg)
 
 
 def _retro_batch(seed: int, **overrides) -> dict:
@@ -250,7 +245,7 @@ def test_truncate_zeroes_the_tail():
 def mlm_model():
   cfg = TransformerConfig(vocab_size=128, num_layers=2, d_model=16, num_heads=2, d_ff=32,
                           max_len=SEQ, norm="post", embed_norm=True, head_transform=True)
-  return _build(TextTransformer, cfg)
+  return build(TextTransformer, cfg)
 
 
 def _mlm_batch(seed: int) -> dict:

@@ -20,13 +20,14 @@ from models.drbert import DrBert, DrBertConfig, encoder_params
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig, stack_flops_per_token
 from objectives import drbert, ernie3, mlm, unixcoder
-from objectives.base import DataInfo, ModelDef
+from objectives.base import DataInfo
 from pretrain import config as config_lib
 from pretrain import main as main_lib
 from pretrain.data.packing import pack_documents
 from pretrain.data.pipeline import make_iterator
 from pretrain.registry import MODELS
 from pretrain.train import read_metrics
+from helpers import build, np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.key_data(jax.random.key(0))
@@ -51,23 +52,6 @@ def _objective_config(**objective) -> ml_collections.ConfigDict:
                       whole_word=False), **objective}
   return ml_collections.ConfigDict({"objective": objective, "train": {"global_batch": 4},
                                     "model": {"extra_ids": 3}})
-
-
-def _split(module):
-  graphdef, state = nnx.split(module, nnx.Param)
-  return ModelDef(graphdef), nnx.to_pure_dict(state)
-
-
-def _build(cls, cfg):
-  with nnx.use_eager_sharding(False):
-    return _split(cls(cfg, rngs=nnx.Rngs(0)))
-
-
-def _np_xent(logits, targets):
-  logits = np.asarray(logits, np.float64)
-  top = logits.max(-1, keepdims=True)
-  logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-  return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
 def _np_logits(table, bias, hidden):
@@ -203,7 +187,7 @@ DR_CFG = DrBertConfig(vocab_size=64, num_layers=1, d_model=16, num_heads=2, d_ff
 
 @pytest.fixture(scope="module")
 def drbert_model():
-  model, params = _build(DrBert, DR_CFG)
+  model, params = build(DrBert, DR_CFG)
   params["encoder"]["logits_bias"] = jnp.asarray(
       np.random.default_rng(1).normal(size=64), jnp.float32)
   masking = _masking("token")
@@ -224,7 +208,7 @@ def test_drbert_loss_matches_numpy(drbert_model):
   picked = np.take_along_axis(refined, batch["masked_positions"][..., None], 1)
   logits = _np_logits(params["encoder"]["embed"]["table"], params["encoder"]["logits_bias"],
                       picked)
-  want = _np_mean(_np_xent(logits, batch["masked_ids"]), batch["masked_weights"])
+  want = _np_mean(np_cross_entropy(logits, batch["masked_ids"]), batch["masked_weights"])
   loss, _ = jax.jit(functools.partial(drbert.DrBertMLM().loss_fn, model=model,
                                       config=ml_collections.ConfigDict()))(params, batch, RNG)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -237,7 +221,7 @@ def test_drbert_export_is_a_plain_bert_encoder(drbert_model):
   exported = encoder_params(params)
   paths = ["/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(exported)[0]]
   assert not [p for p in paths if "decoder" in p]
-  plain_def, plain_params = _build(TextTransformer, DR_CFG.encoder)
+  plain_def, plain_params = build(TextTransformer, DR_CFG.encoder)
   assert jax.tree.structure(plain_params) == jax.tree.structure(exported)
   mask = attention_mask("bidirectional", segment_ids=batch["segment_ids"])
   want = model.bind(params).encoder(batch["inputs"], mask=mask, positions=batch["positions"])
@@ -322,7 +306,7 @@ LM_CFG = TransformerConfig(vocab_size=64, num_layers=1, d_model=16, num_heads=2,
 @pytest.fixture(scope="module")
 def unix_model():
   """A tiny transformer over 53 ids (50 + 3 mode tokens) and one row in each mode."""
-  model, params = _build(TextTransformer, LM_CFG)
+  model, params = build(TextTransformer, LM_CFG)
   params["logits_bias"] = jnp.asarray(np.random.default_rng(1).normal(size=64), jnp.float32)
   transform = UNIX.host_transform(UNIX_CONFIG, INFO)
   outs, seed, rows = {}, 0, _rows(3, seed=5)
@@ -344,13 +328,13 @@ def test_unixcoder_loss_matches_numpy(unix_model):
   h = np.asarray(hidden(params, batch["inputs"]), np.float64)
   logits = _np_logits(params["embed"]["table"], params["logits_bias"], h)
   picked = np.take_along_axis(logits[0], batch["masked_positions"][0][:, None], 0)
-  enc = _np_mean(_np_xent(picked, batch["masked_ids"][0]), batch["masked_weights"][0])
+  enc = _np_mean(np_cross_entropy(picked, batch["masked_ids"][0]), batch["masked_weights"][0])
   tokens, segs, prefix = batch["tokens"], batch["segment_ids"], batch["is_prefix"]
   lm = {}
   for row in (1, 2):
     t = np.arange(SEQ - 1)
     keep = (segs[row, t] > 0) & (segs[row, t + 1] == segs[row, t]) & ~prefix[row, t + 1]
-    lm[row] = _np_xent(logits[row, t], tokens[row, t + 1])[keep].mean()
+    lm[row] = np_cross_entropy(logits[row, t], tokens[row, t + 1])[keep].mean()
   loss, metrics = jax.jit(functools.partial(UNIX.loss_fn, model=model, config=UNIX_CONFIG))(
       params, batch, RNG)
   np.testing.assert_allclose([metrics["enc_loss"], metrics["dec_loss"], metrics["e2d_loss"]],
@@ -389,7 +373,7 @@ ERNIE = ernie3.Ernie3()
 
 @pytest.fixture(scope="module")
 def ernie_model():
-  model, params = _build(MultiBranchTransformer, MB_CFG)
+  model, params = build(MultiBranchTransformer, MB_CFG)
   params["backbone"]["logits_bias"] = jnp.asarray(
       np.random.default_rng(1).normal(size=64), jnp.float32)
   transform = ERNIE.host_transform(_objective_config(), INFO)
@@ -425,12 +409,12 @@ def test_ernie3_loss_matches_numpy(ernie_model):
   table, bias = params["backbone"]["embed"]["table"], params["backbone"]["logits_bias"]
   ae = np.asarray(states(params, batch["inputs"], "ae", "bidirectional"))
   picked = np.take_along_axis(ae, batch["masked_positions"][..., None], 1)
-  mlm_want = _np_mean(_np_xent(_np_logits(table, bias, picked), batch["masked_ids"]),
+  mlm_want = _np_mean(np_cross_entropy(_np_logits(table, bias, picked), batch["masked_ids"]),
                       batch["masked_weights"])
   ar = _np_logits(table, bias, states(params, batch["tokens"], "ar", "causal"))
   tokens, segs = batch["tokens"], batch["segment_ids"]
   keep = (segs[:, :-1] > 0) & (segs[:, 1:] == segs[:, :-1])
-  lm_want = _np_xent(ar[:, :-1], tokens[:, 1:])[keep].mean()
+  lm_want = np_cross_entropy(ar[:, :-1], tokens[:, 1:])[keep].mean()
   loss, metrics = jax.jit(functools.partial(ERNIE.loss_fn, model=model,
                                             config=ml_collections.ConfigDict()))(
       params, batch, RNG)

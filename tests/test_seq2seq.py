@@ -20,12 +20,13 @@ from models.encoder_decoder import (EncoderDecoder, EncoderDecoderConfig,
 from models.transformer import TextTransformer, TransformerConfig
 from objectives import prefix_lm
 from objectives import span_corruption as sc
-from objectives.base import DataInfo, ModelDef
+from objectives.base import DataInfo
 from pretrain import config as config_lib
 from pretrain import main as main_lib
 from pretrain.data.packing import pack_documents
 from pretrain.registry import MODELS
 from pretrain.train import read_metrics
+from helpers import build, np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RNG = jax.random.key_data(jax.random.key(0))
@@ -50,23 +51,6 @@ def _rows(num: int, seed: int = 0, doc_lengths=(5, 60)) -> list[dict]:
 
 def _corrupt(row, seed):
   return TRANSFORM.random_map(row, np.random.default_rng(seed))
-
-
-def _split(module):
-  graphdef, state = nnx.split(module, nnx.Param)
-  return ModelDef(graphdef), nnx.to_pure_dict(state)
-
-
-def _build(cls, cfg):
-  with nnx.use_eager_sharding(False):
-    return _split(cls(cfg, rngs=nnx.Rngs(0)))
-
-
-def _np_xent(logits, targets):
-  logits = np.asarray(logits, np.float64)
-  top = logits.max(-1, keepdims=True)
-  logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
-  return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
 
 
 def _np_logits(params, hidden):
@@ -187,7 +171,7 @@ def test_shift_right_restarts_each_segment():
 def seq2seq():
   """Tiny EncoderDecoder with a random logits bias, a corrupted batch of two packed rows,
   and a jitted decoder-hidden function and span-corruption loss."""
-  model, params = _build(EncoderDecoder, ED_CFG)
+  model, params = build(EncoderDecoder, ED_CFG)
   params["logits_bias"] = jnp.asarray(np.random.default_rng(1).normal(size=64), jnp.float32)
   outs = [_corrupt(row, i) for i, row in enumerate(_rows(2, seed=3))]
   batch = {k: np.stack([o[k] for o in outs]) for k in outs[0]}
@@ -213,7 +197,7 @@ def test_span_corruption_loss_matches_numpy(seq2seq):
   batch["target_segment_ids"][1, -4:] = 0  # some padding, which must not count
   logits = _np_logits(params, seq2seq["hidden"](params, batch))
   targets, weights = batch["targets"], batch["target_segment_ids"] > 0
-  want = _np_xent(logits, targets)[weights].mean()
+  want = np_cross_entropy(logits, targets)[weights].mean()
   want_acc = (logits.argmax(-1) == targets)[weights].mean()
   loss, metrics = seq2seq["loss"](params, batch, RNG)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -305,7 +289,7 @@ def test_prefix_lm_targets_by_hand():
 
 @pytest.fixture(scope="module")
 def prefix_model():
-  model, params = _build(TextTransformer, LM_CFG)
+  model, params = build(TextTransformer, LM_CFG)
   params["logits_bias"] = jnp.asarray(np.random.default_rng(1).normal(size=64), jnp.float32)
   hidden = jax.jit(lambda p, tokens, prefix: model.bind(p)(
       tokens, positions=POS, mask=attention_mask("segment_prefix", segment_ids=SEGS,
@@ -325,7 +309,7 @@ def test_prefix_lm_loss_matches_numpy(prefix_model):
   targets = np.concatenate([TOKENS[:, 1:], np.zeros((2, 1), np.int32)], 1)
   w = WANT_WEIGHTS.astype(bool)
   loss, metrics = loss_fn(params, _prefix_batch(TOKENS), RNG)
-  np.testing.assert_allclose(loss, _np_xent(logits, targets)[w].mean(), rtol=1e-5)
+  np.testing.assert_allclose(loss, np_cross_entropy(logits, targets)[w].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["accuracy"], (logits.argmax(-1) == targets)[w].mean(),
                              rtol=1e-6)
 

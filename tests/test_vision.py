@@ -21,23 +21,17 @@ from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives import cae, cropmae, mae
 from configs.cae import get_config as get_cae_config
 from configs.cropmae import get_config as get_cropmae_config
-from objectives.base import DataInfo, ModelDef
+from objectives.base import DataInfo
 from pretrain import main as main_lib
 from pretrain.data import corpora
 from pretrain.registry import MODELS
 from pretrain.steps import RECONSTRUCTION_EXAMPLES
 from pretrain.train import read_metrics
+from helpers import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ViTConfig(image_size=(8, 8), patch_size=(4, 4), channels=1, d_model=16, num_layers=1,
                  num_heads=2, d_ff=32, dec_d_model=8, dec_layers=1, dec_heads=2, dec_d_ff=16)
-
-
-def _build(cls, cfg, seed=0):
-  """(ModelDef, params as a pure nested dict), the way the trainer holds a model."""
-  with nnx.use_eager_sharding(False):
-    graphdef, state = nnx.split(cls(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
-  return ModelDef(graphdef), nnx.to_pure_dict(state)
 
 
 def _objective_config(**objective) -> ml_collections.ConfigDict:
@@ -74,7 +68,7 @@ def _run_main(tmp, recipe, *args):
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
 def test_mae_reconstructions_show_the_prediction_unpatchified(norm_pix_loss):
-  model, params = _build(MAE, TINY)
+  model, params = build(MAE, TINY)
   images = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
   rng = jax.random.key_data(jax.random.key(5))
   config = _objective_config(mask_ratio=0.5, norm_pix_loss=norm_pix_loss)
@@ -187,7 +181,7 @@ def test_global_to_local_crops_are_static_deterministic_and_nested():
 @pytest.fixture(scope="module")
 def siamese():
   cfg = TINY.__class__(**{**TINY.__dict__, "image_size": (8, 12)})
-  return (*_build(SiameseMAE, cfg), cfg)
+  return (*build(SiameseMAE, cfg), cfg)
 
 
 def test_cropmae_loss_matches_numpy(siamese, norm_pix_loss=True):
@@ -267,7 +261,7 @@ def test_keep_and_hide_partitions_the_patches():
 
 @pytest.fixture(scope="module")
 def cae_model():
-  return _build(ContextAutoencoder, CAE_TINY)
+  return build(ContextAutoencoder, CAE_TINY)
 
 
 def test_cae_loss_matches_numpy(cae_model, norm_pix_loss=True):
