@@ -57,6 +57,7 @@ def test_in_domain_wordpiece_fragments_held_out_in_domain_text_less():
                             plays_tok, code_tok)):
     words = sum(len(d.split()) for d in docs)
     own_rate, other_rate = _tokens(own, docs) / words, _tokens(other, docs) / words
+    print(f"pieces per held-out word: in-domain {own_rate:.2f}, other domain {other_rate:.2f}")
     assert own_rate < 0.85 * other_rate, (own_rate, other_rate)
 
 
@@ -87,6 +88,7 @@ def test_dna_bpe_compresses_reads_like_metagene():
   assert dna_tok.vocab_size == 1024
   dna_rate = nucleotides / _tokens(dna_tok, reads)
   english_rate = nucleotides / _tokens(_tokenizer("shakespeare", "bpe", 1024), reads)
+  print(f"nucleotides per token: DNA BPE {dna_rate:.2f}, English BPE {english_rate:.2f}")
   assert dna_rate > 3.5 and dna_rate > 3 * english_rate, (dna_rate, english_rate)
 
 
