@@ -76,7 +76,7 @@ class Objective:
   """Base class; subclasses register an instance with `@register("name")`."""
 
   name: str = ""
-  modality: str = ""  # "text", "image" or "series": which data builder feeds it
+  modality: str = ""  # a MODALITIES name (pretrain/data/modalities.py): which data feeds it
   unit: str = ""      # "tokens", "images" or "windows": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
   models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any
