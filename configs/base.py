@@ -153,13 +153,16 @@ KEY_DOCS: dict[str, str] = {
     "mesh.tensor": "Tensor-parallel axis size: heads / MLP / vocab split.",
     "sharding_rules": "Logical axis -> mesh axes, as (name, axes) pairs; see pretrain/sharding.py.",
     # evaluators (pretrain/evaluation; `python -m pretrain.evaluate` runs them on demand)
-    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn.",
+    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn, finetune, ast_probe (per-layer Python syntax probe, text encoders/decoders).",
     "evaluate.every": "Steps between evaluator runs (0 = only after the last step).",
-    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
-    "evaluate.train_examples": "Labelled examples the probe / kNN memory is fit on (class-balanced, fixed sample).",
-    "evaluate.test_examples": "Held-out labelled examples the probe / kNN is scored on.",
+    "evaluate.task": "Built-in labelled task for linear_probe/knn/finetune: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
+    "evaluate.train_examples": "Labelled examples the probe / kNN memory / fine-tuning is fit on (class-balanced, fixed sample); ast_probe: stdlib functions its probes are fit on.",
+    "evaluate.test_examples": "Held-out labelled examples the probe / kNN / fine-tuning is scored on; ast_probe: held-out stdlib functions.",
     "evaluate.knn_k": "Neighbours voting in the kNN evaluator (votes weighted by exp(cosine / 0.07)).",
-    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe.",
+    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe and each layer's ast_probe.",
+    "evaluate.probe_rank": "Rank of ast_probe's structural probe (the syntactic subspace; capped at the model width).",
+    "evaluate.finetune_steps": "AdamW steps of the finetune evaluator (all params + a new linear head; one global batch of task train examples each).",
+    "evaluate.finetune_lr": "Constant learning rate of the finetune evaluator.",
     # continued pretraining
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
@@ -206,7 +209,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree="", vocab="exact"))
   c.evaluate = ml_collections.ConfigDict(
       dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
-           probe_steps=300))
+           probe_steps=300, probe_rank=32, finetune_steps=100, finetune_lr=1e-4))
   c.teacher = ml_collections.ConfigDict(dict(
       kind="none", path="", step=-1, model=ml_collections.ConfigDict(), ema_momentum=0.996,
       ema_schedule="cosine"))

@@ -228,6 +228,25 @@ class TextTransformer(nnx.Module):
     return self.stack.last_attention_qkv(self.embed_tokens(tokens, positions), mask=mask,
                                          positions=positions)
 
+  def layer_states(self, tokens: jax.Array, *, mask: jax.Array | None, positions: jax.Array,
+                   layers) -> dict[int, jax.Array]:
+    """{n: hidden (B, L, D) after block n} for each n in `layers` (0 = the embeddings), in
+    one pass that stops after the last wanted block; pre-LN stacks apply their final norm to
+    each read-out after a block, as to the last. Unscanned stacks only: a scanned stack
+    carries no per-layer outputs."""
+    if self.stack.scan_layers:
+      raise ValueError("layer_states reads intermediate layers: model.scan_layers must be false")
+    wanted, stack = set(layers), self.stack
+    x = self.embed_tokens(tokens, positions)
+    out = {0: x} if 0 in wanted else {}
+    for n, block in enumerate(stack.blocks, start=1):
+      if n > max(wanted):
+        break
+      x = block(x, mask=mask, positions=positions)
+      if n in wanted:
+        out[n] = x if stack.final_norm is None else stack.final_norm(x)
+    return out
+
   def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens, positions (B, L) -> (B, L, D) in the compute dtype: token + absolute
     position embeddings, normalised when `embed_norm`."""
