@@ -68,10 +68,11 @@ KEY_DOCS: dict[str, str] = {
     "model.num_heads": "Attention heads (custom variant, or 0 to take the variant's).",
     "model.d_ff": "MLP hidden width (custom variant, or 0 to take the variant's).",
     "model.max_len": "Largest position the learned position table covers.",
-    "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
+    "model.pos_emb": "Position encoding: learned, sinusoidal, rotary, relative (T5: a learned bias per head and log-spaced distance bucket, 32 buckets up to 128 tokens, one table per stack) or none (text); sincos or learned (ViT).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
     "model.norm_type": "Text models' norm layers: layernorm (BERT, GPT-2) or rmsnorm (Llama: scale only, no centering or bias).",
-    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu') or swiglu.",
+    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu'), relu (T5 v1.0), swiglu or geglu (gated tanh GELU, T5 v1.1).",
+    "model.use_bias": "Text models: biases in attention/MLP projections and on the logits (false = T5, which has none).",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
     "model.embed_norm": "Text models: LayerNorm on the embedding sum (tokens + positions) before the first block (BERT's embeddings.LayerNorm). Adds params 'embed_norm'.",
@@ -191,7 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False,
-                                            dec_embeddings=False))
+                                            dec_embeddings=False, use_bias=True))
   c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",

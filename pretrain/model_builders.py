@@ -69,7 +69,8 @@ class TransformerBuilder:
         activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
         head_transform=model_cfg.head_transform, embed_norm=model_cfg.embed_norm,
-        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
+        ln_eps=model_cfg.ln_eps, use_bias=model_cfg.use_bias, **stack_options(model_cfg),
+        **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
