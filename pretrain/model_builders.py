@@ -274,3 +274,15 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class TokenUnifyBuilder(MultiTokenBuilder):
+  """`MultiTokenLM` over image tokens (TokenUnify): the vocabulary is the visual
+  tokenizer's `model.codebook_size` codes plus [MASK]."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiTokenConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size + 1)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("token_unify")(TokenUnifyBuilder())
