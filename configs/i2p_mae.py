@@ -8,14 +8,16 @@ Data: point clouds made on the host from Fashion-MNIST images read as height map
 from foreground pixel coordinates, z from intensity); no 3D corpus (ShapeNet) is used.
 
 Variants: tiny (CPU test size), point_mae. I2P-MAE's own encoder is Point-M2AE's
-hierarchical one (3 stages, widths 96/192/384, 5 blocks each; 12.9M params as the paper
-reports); it is NOT built here. `point_mae` is the plain Point-MAE transformer I2P-MAE's
-design builds on (Pang et al. 2022, "Masked Autoencoders for Point Cloud Self-supervised
-Learning": 12 blocks, width 384, 6 heads, MLP 1536, a 4-block decoder, 64 groups of 32
-points; 22.1M params for its fine-tuned classifier, Tables 1-2): the tests assert our
-encoder (mini-PointNet, position MLP, 12 blocks, final norm) within 2% of that 22.1M. The
-gap is Point-MAE's 0.27M classification head and cls token, which a pretraining encoder
-lacks, less our q/k/v biases (+14K).
+hierarchical one (3 stages of 5 blocks, widths 96/192/384, 512/256/64 groups of 16/8/8
+points: cfgs/pre-training/i2p-mae.yaml of the authors' code; the paper's tables list it at
+12.9M params, a figure not re-derived here); it is NOT built. `point_mae` is the plain
+Point-MAE transformer I2P-MAE's design builds on (Pang et al. 2022, "Masked Autoencoders
+for Point Cloud Self-supervised Learning": 12 blocks, width 384, 6 heads, MLP 1536, a
+4-block decoder, 64 groups of 32 points), reported at 22.1M params for its fine-tuned
+classifier; counting Point-MAE's own layers by hand (BatchNorm, no q/k/v bias, cls token,
+a 0.27M class head) gives 22.10M. The tests assert our encoder (mini-PointNet, position
+MLP, 12 blocks, final norm: 21.84M) within 2% of 22.1M; the gap is the class head and cls
+token a pretraining encoder lacks, less our q/k/v biases (+14K).
 """
 from __future__ import annotations
 

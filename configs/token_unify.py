@@ -7,11 +7,14 @@ Pre-training with Mixture Token Prediction"; see objectives/token_unify.py).
 Images are Fashion-MNIST, tokenized on the host by a k-means codebook of 4x4 patches
 (pretrain/data/visual_tokens.py): 49 tokens per image in raster order.
 
-Variants: tiny (CPU test size), base. The paper's backbone is Mamba and its pretraining
-data large electron-microscopy volumes; its model widths/depths are not restated here, so
-`base` is OURS: a ViT-B-shaped transformer (12 blocks, width 768, 12 heads, MLP 3072) with
-4 one-block next-all heads over a 1024-code vocabulary; the parameter count the tests
-assert is our own analytic count of that transformer, not a figure from the paper.
+Variants: tiny (CPU test size), base. The paper pretrains a Mamba backbone on large
+electron-microscopy volumes; the authors' code (github.com/ydchen0806/TokenUnify,
+src/segmamba.py) builds it as SegMamba, a hierarchical 3D Mamba U-Net (4 stages of 2
+Mamba layers, widths 32-256 by default, with wider settings noted at ~1.0B and ~1.2B).
+A hierarchical 3D Mamba U-Net has no flat transformer of the same width and depth, so
+`base` is OURS: a ViT-B-shaped transformer (12 blocks, width 768, 12 heads, MLP 3072)
+with 4 one-block next-all heads over a 1024-code vocabulary, 114.3M params. The count the
+tests assert is our own by-hand count of that transformer, not a figure from the paper.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def get_config(arg: str | None = None):
                  b1=0.9, b2=0.95, eps=1e-8)
   if variant == "tiny":
     c.model.codebook_size = 64
+    c.model.num_future = 2
     c.model.num_layers, c.model.d_model, c.model.num_heads, c.model.d_ff = 1, 64, 4, 128
     c.objective.kmeans_images = 300
     tiny_schedule(c, global_batch=16, lr=3e-3)

@@ -52,17 +52,14 @@ class TokenUnifyTasks(grain.transforms.RandomMap):
   clean codes), `task`, and MLM's fixed prediction slots (weight 0 unless random-token)."""
 
   def __init__(self, *, codebook: np.ndarray, patch: tuple[int, int], task_mix,
-               mask_rate: float):
+               mask_rate: float, seq_len: int):
     self.codebook, self.patch = codebook, tuple(patch)
     self.task_probs = np.asarray(task_mix, np.float64) / np.sum(task_mix)
-    self.mask_rate = mask_rate
     self.mask_id = mask_id(len(codebook))
-
-  def masking(self, seq_len: int) -> MlmMasking:
     # Every chosen token becomes [MASK] (no 10% random / 10% kept: the paper masks tokens).
-    return MlmMasking(mask_rate=self.mask_rate, replace_mask=1.0, replace_random=0.0,
-                      mask_id=self.mask_id, vocab_size=self.mask_id + 1,
-                      special_ids=(self.mask_id,), seq_len=seq_len)
+    self.masking = MlmMasking(mask_rate=mask_rate, replace_mask=1.0, replace_random=0.0,
+                              mask_id=self.mask_id, vocab_size=self.mask_id + 1,
+                              special_ids=(self.mask_id,), seq_len=seq_len)
 
   def random_map(self, example, rng: np.random.Generator):
     vectors = visual_tokens.patch_vectors(example["image"][None], self.patch)[0]
@@ -72,7 +69,7 @@ class TokenUnifyTasks(grain.transforms.RandomMap):
     clean = {"tokens": tokens, "segment_ids": np.ones(length, np.int32),
              "positions": np.arange(length, dtype=np.int32),
              "word_start": np.ones(length, bool)}
-    out = self.masking(length).random_map(clean, rng)
+    out = self.masking.random_map(clean, rng)
     if task != RANDOM:
       out["inputs"] = tokens
       out["masked_weights"] = np.zeros_like(out["masked_weights"])
@@ -157,11 +154,16 @@ class TokenUnify(base.Objective):
 
   def host_transform(self, config, info):
     o = config.objective
+    length = self._seq_len(config, info)
+    if length > config.model.max_len:
+      raise ValueError(f"objective.tokenizer_patch={tuple(o.tokenizer_patch)} makes {length} "
+                       f"tokens of a {info.image_shape[:2]} image: more than model.max_len="
+                       f"{config.model.max_len}")
     codebook = visual_tokens.fit_codebook(
         config.data, patch=tuple(o.tokenizer_patch), num_codes=config.model.codebook_size,
         iters=o.kmeans_iters, num_images=o.kmeans_images, seed=config.seed)
     return TokenUnifyTasks(codebook=codebook, patch=tuple(o.tokenizer_patch),
-                           task_mix=o.task_mix, mask_rate=o.mask_rate)
+                           task_mix=o.task_mix, mask_rate=o.mask_rate, seq_len=length)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng  # Tasks and masks are drawn on the host.
