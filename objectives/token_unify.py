@@ -27,12 +27,15 @@ next-all prediction. The paper's backbone is Mamba; ours is this transformer.
 from __future__ import annotations
 
 import grain
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from models.attention import attention_mask
 from models.transformer import logits_flops_per_token, stack_flops_per_token
+from models.vit import patchify, unpatchify
 from objectives import base
+from objectives.mae import random_keep, reconstruction_grid
 from objectives.mlm import MlmMasking, num_predictions
 from objectives.multi_token import future_token_targets
 from pretrain.data import visual_tokens
@@ -73,7 +76,23 @@ class TokenUnifyTasks(grain.transforms.RandomMap):
     if task != RANDOM:
       out["inputs"] = tokens
       out["masked_weights"] = np.zeros_like(out["masked_weights"])
-    return {**out, "tokens": tokens, "task": np.int32(task)}
+    return {**out, "image": example["image"], "tokens": tokens, "task": np.int32(task)}
+
+
+def device_tokens(images, codebook: np.ndarray, patch: tuple[int, int]):
+  """`nearest_code` of every patch, on device: images (B, H, W, C) -> (B, L) int32 codes."""
+  book = jnp.asarray(codebook, jnp.float32)
+  patches = patchify(images.astype(jnp.float32), patch)  # (B, L, P)
+  distance = (book ** 2).sum(-1) - 2 * jnp.einsum("blp,kp->blk", patches, book)
+  return jnp.argmin(distance, axis=-1).astype(jnp.int32)
+
+
+def bidirectional_states(net, tokens):
+  """The trunk over whole images' token rows (B, L), every token seeing every other."""
+  segment_ids = jnp.ones_like(tokens)
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return net(tokens, positions=positions,
+             mask=attention_mask("bidirectional", segment_ids=segment_ids))
 
 
 def task_attention_mask(task, segment_ids):
@@ -152,6 +171,13 @@ class TokenUnify(base.Objective):
       raise ValueError(f"objective.kmeans_iters={o.kmeans_iters}, objective.kmeans_images="
                        f"{o.kmeans_images}: must both be >= 1")
 
+  def codebook(self, config) -> np.ndarray:
+    """The visual tokenizer's codebook for this config (fitted once, then cached)."""
+    o = config.objective
+    return visual_tokens.fit_codebook(
+        config.data, patch=tuple(o.tokenizer_patch), num_codes=config.model.codebook_size,
+        iters=o.kmeans_iters, num_images=o.kmeans_images, seed=config.seed)
+
   def host_transform(self, config, info):
     o = config.objective
     length = self._seq_len(config, info)
@@ -159,16 +185,38 @@ class TokenUnify(base.Objective):
       raise ValueError(f"objective.tokenizer_patch={tuple(o.tokenizer_patch)} makes {length} "
                        f"tokens of a {info.image_shape[:2]} image: more than model.max_len="
                        f"{config.model.max_len}")
-    codebook = visual_tokens.fit_codebook(
-        config.data, patch=tuple(o.tokenizer_patch), num_codes=config.model.codebook_size,
-        iters=o.kmeans_iters, num_images=o.kmeans_images, seed=config.seed)
-    return TokenUnifyTasks(codebook=codebook, patch=tuple(o.tokenizer_patch),
+    return TokenUnifyTasks(codebook=self.codebook(config), patch=tuple(o.tokenizer_patch),
                            task_mix=o.task_mix, mask_rate=o.mask_rate, seq_len=length)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng  # Tasks and masks are drawn on the host.
     loss, metrics = task_losses(model.bind(params), batch, config.objective.future_decay)
     return loss.mean(), metrics
+
+  def reconstructions(self, params, batch, rng, *, model, config):
+    """Per row: the image, its tokens drawn as their codes' pixels, those tokens with a
+    fresh random `mask_rate` of them hidden (grey), and the hidden ones as the model's
+    random-token prediction fills them in. (The codebook, a cached host array, enters
+    the traced function as a constant.)"""
+    net, book = model.bind(params), self.codebook(config)
+    patch, tokens = tuple(config.objective.tokenizer_patch), batch["tokens"]
+    _, hidden = random_keep(jax.random.wrap_key_data(rng), *tokens.shape,
+                            config.objective.mask_rate)
+    inputs = jnp.where(hidden > 0, mask_id(len(book)), tokens)
+    guess = jnp.argmax(net.logits(bidirectional_states(net, inputs))[..., :len(book)], -1)
+    filled = jnp.where(hidden > 0, guess, tokens)
+    pixels = lambda ids: jnp.asarray(book)[ids]  # (B, L) codes -> (B, L, P) patches
+    image = batch["image"]
+    tokenized = unpatchify(pixels(tokens), patch, image.shape[1:-1], image.shape[-1])
+    return {"reconstructions": reconstruction_grid(
+        tokenized, pixels(tokens), hidden, pixels(filled), patch, context=(image,))}
+
+  def features(self, params, batch, *, model, config):
+    """Clean images tokenized on device, the trunk bidirectional, mean-pooled."""
+    net = model.bind(params)
+    tokens = device_tokens(batch["image"], self.codebook(config),
+                           tuple(config.objective.tokenizer_patch))
+    return base.mean_pool(bidirectional_states(net, tokens), jnp.ones(tokens.shape, bool))
 
   def units_per_example(self, config, info):
     return self._seq_len(config, info)

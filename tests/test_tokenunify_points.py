@@ -297,3 +297,25 @@ def test_i2p_mae_tiny_trains_through_main_and_draws(tmp_path):
   curve, _ = _train(tmp_path, "i2p_mae.py", eval_every=20)
   assert np.mean(curve[-2:]) < 0.75 * np.mean(curve[:2]), curve
   assert os.listdir(tmp_path / "reconstructions") == ["step_20.png"]
+
+
+def test_token_unify_features_and_pictures_tokenize_on_device_like_the_host(images):
+  config = get_token_unify_config("tiny")
+  objective, info = OBJECTIVES.get("token_unify"), DataInfo(image_shape=(28, 28, 1))
+  transform = objective.host_transform(config, info)
+  rows = [transform.random_map({"image": im}, np.random.default_rng(i))
+          for i, im in enumerate(images[:4])]
+  batch = {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+  device = token_unify.device_tokens(batch["image"], objective.codebook(config), (4, 4))
+  np.testing.assert_array_equal(np.asarray(device), np.asarray(batch["tokens"]))
+  model, params = build(MultiTokenLM, MODELS.get("token_unify").model_config(config.model, info))
+
+  @jax.jit
+  def draw(params, batch, rng):
+    return (objective.features(params, {"image": batch["image"]}, model=model, config=config),
+            objective.reconstructions(params, batch, rng, model=model, config=config))
+
+  features, pictures = draw(params, batch, jax.random.key_data(jax.random.key(0)))
+  grid = np.asarray(pictures["reconstructions"])
+  assert features.shape == (4, 64)
+  assert grid.shape == (4 * 29 + 1, 4 * 29 + 1, 1) and grid.dtype == np.uint8
