@@ -23,6 +23,11 @@ The model is the `multi_token` trunk + heads (`token_unify` builder: vocabulary 
 codebook plus [MASK]): the trunk's states feed the unembedding directly for random-token
 prediction (MLM's `masked_logits`), head 1 serves next-token prediction and heads 1..N
 next-all prediction. The paper's backbone is Mamba; ours is this transformer.
+
+Pictures show each held-out image, its tokens drawn as their codes' pixels, the tokens
+with a fresh random `mask_rate` hidden, and the model's random-token fill-in. Features
+(for probes) tokenize clean images on device with the same codebook and mean-pool the
+bidirectional trunk.
 """
 from __future__ import annotations
 
