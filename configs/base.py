@@ -182,6 +182,17 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.d_ff": "The teacher's model.d_ff (0 = its variant's).",
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
+    # token_unify, i2p_mae (TokenUnify; I2P-MAE on point clouds made from images)
+    "model.codebook_size": "token_unify: codes of the k-means visual tokenizer; the model's vocabulary is these plus [MASK].",
+    "objective.kmeans_images": "token_unify: training images whose patches fit the k-means codebook (drawn with `seed`; the codebook is cached per setting).",
+    "objective.kmeans_iters": "token_unify: Lloyd iterations of the k-means codebook fit.",
+    "objective.task_mix": "token_unify: relative probabilities (random-token, next-token, next-all) of the one task each example gets, drawn on the host from its example-index rng.",
+    "objective.tokenizer_patch": "token_unify: (ph, pw) pixels per visual token; an image becomes (H/ph)(W/pw) tokens in raster order.",
+    "model.group_size": "point_mae: points per point token (kNN group of an FPS center); the decoder predicts this many points per hidden token.",
+    "model.point_embed_dims": "point_mae: mini-PointNet widths (h1, h2, h3) of the group embedding (Point-MAE: 128, 256, 512); h1 is also the center-position MLP's width.",
+    "objective.num_groups": "i2p_mae: point tokens per cloud (FPS centers).",
+    "objective.num_points": "i2p_mae: points sampled from each image read as a height map (x, y from foreground pixels, z from intensity).",
+    "objective.saliency_masking": "i2p_mae: draw visible tokens with probability proportional to the image's 2D saliency (its gradient magnitude) over each group (I2P-MAE's 2D-guided masking); False = uniform (Point-MAE).",
 }
 
 

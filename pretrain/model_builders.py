@@ -15,6 +15,7 @@ from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, Tagging
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
+from models.point_mae import PointMAE, PointMAEConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
@@ -275,3 +276,37 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class TokenUnifyBuilder(MultiTokenBuilder):
+  """`MultiTokenLM` over image tokens (TokenUnify): the vocabulary is the visual
+  tokenizer's `model.codebook_size` codes plus [MASK]."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiTokenConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size + 1)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("token_unify")(TokenUnifyBuilder())
+
+
+class PointMaeBuilder:
+  """Point-MAE-style encoder/decoder over point tokens (I2P-MAE): `PointMAE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> PointMAEConfig:
+    return PointMAEConfig(
+        group_size=model_cfg.group_size, d_model=model_cfg.d_model,
+        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, d_ff=model_cfg.d_ff,
+        dec_layers=model_cfg.dec_layers, dec_heads=model_cfg.dec_heads,
+        embed_dims=tuple(model_cfg.point_embed_dims), norm=model_cfg.norm,
+        activation=model_cfg.activation, dtype=model_cfg.dtype, ln_eps=model_cfg.ln_eps,
+        **stack_options(model_cfg))
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: PointMAEConfig, rngs):
+    return PointMAE(cfg, rngs=rngs)
+
+
+MODELS.register("point_mae")(PointMaeBuilder())
