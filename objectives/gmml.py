@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.vit import patchify, unpatchify
-from models.vit_pretext import ROTATIONS, NUM_TASK_TOKENS, sit_flops_per_image
+from models.vit_pretext import NUM_TASK_TOKENS, ROTATIONS, sit_flops_per_image
 from objectives import base
 from objectives.contrastive import info_nce, validate_temperature
 from objectives.mae import image_grid
@@ -99,8 +99,9 @@ class GroupCorruption(grain.transforms.RandomMap):
 
 
 def model_inputs(batch, patch: tuple[int, ...]):
-  """(corrupted images (B*V, H, W, C) with the replacement patches filled from the previous
-  image of the batch, clean target patches (B*V, N, P), patch kinds (B*V, N))."""
+  """(corrupted images (B*V, H, W, C) with the replacement patches filled from the same
+  view of the previous image of the batch (a batch of one replaces from itself: no
+  corruption), clean target patches (B*V, N, P), patch kinds (B*V, N))."""
   clean = batch[CLEAN]
   b, v, *spatial, channels = clean.shape
   flat = lambda x: x.reshape((b * v,) + x.shape[2:])
