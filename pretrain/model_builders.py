@@ -20,6 +20,7 @@ from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
+from models.vit_pretext import PositionPredictor, SiT, SiTConfig
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -310,3 +311,36 @@ class PointMaeBuilder:
 
 
 MODELS.register("point_mae")(PointMaeBuilder())
+
+
+class SiTBuilder(MaeBuilder):
+  """GMML / SiT: ViT over all corrupted patches + rotation and contrastive tokens and a
+  per-patch pixel head of `model.rec_layers` hidden layers (`models.vit_pretext.SiT`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> SiTConfig:
+    return SiTConfig(vit=super().model_config(model_cfg, info),
+                     rec_layers=model_cfg.rec_layers, contrastive_dim=model_cfg.contrastive_dim)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: SiTConfig, rngs):
+    return SiT(cfg, rngs=rngs)
+
+
+class PositionPredictorBuilder(MaeBuilder):
+  """MP3: ViT without position embeddings (model.pos_emb must be none) + an N-way position
+  classifier per patch (`models.vit_pretext.PositionPredictor`)."""
+
+  def validate(self, model_cfg) -> None:
+    if model_cfg.pos_emb != "none":
+      raise ValueError(f"model.pos_emb={model_cfg.pos_emb!r}: position_predictor has no "
+                       "position embeddings; set model.pos_emb=none")
+    super().validate(model_cfg)
+
+  def build(self, cfg: ViTConfig, rngs):
+    return PositionPredictor(cfg, rngs=rngs)
+
+
+MODELS.register("sit")(SiTBuilder())
+MODELS.register("position_predictor")(PositionPredictorBuilder())

@@ -48,7 +48,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("cropmae", v) for v in ("tiny", "S/16")]
             + [("cae", v) for v in ("tiny", "B/16")]
             + [("token_unify", v) for v in ("tiny", "base")]
-            + [("i2p_mae", v) for v in ("tiny", "point_mae")])
+            + [("i2p_mae", v) for v in ("tiny", "point_mae")]
+            + [("gmml", v) for v in ("tiny", "S/16")]
+            + [("position_prediction", v) for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):
