@@ -169,7 +169,7 @@ KEY_DOCS: dict[str, str] = {
     # evaluators (pretrain/evaluation; `python -m pretrain.evaluate` runs them on demand)
     "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn.",
     "evaluate.every": "Steps between evaluator runs (0 = only after the last step).",
-    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
+    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text), spoken_digits (audio); '' = fashion_mnist for image objectives, shakespeare_plays for text, spoken_digits for audio.",
     "evaluate.train_examples": "Labelled examples the probe / kNN memory is fit on (class-balanced, fixed sample).",
     "evaluate.test_examples": "Held-out labelled examples the probe / kNN is scored on.",
     "evaluate.knn_k": "Neighbours voting in the kNN evaluator (votes weighted by exp(cosine / 0.07)).",

@@ -5,7 +5,6 @@ against float64 NumPy on tiny cases, masking / alteration invariants, paper para
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -24,8 +23,9 @@ from models.vit import ViTConfig
 from objectives import ssast, tera
 from objectives.base import DataInfo
 from pretrain import main as main_lib
-from pretrain.data import audio
+from pretrain.data import audio, spoken_digits
 from pretrain.data.pipeline import cache_dir
+from pretrain.evaluation import tasks
 from pretrain.registry import MODELS
 from pretrain.steps import RECONSTRUCTION_EXAMPLES
 from pretrain.train import read_metrics
@@ -34,11 +34,12 @@ from helpers import build, np_cross_entropy
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_DATA = dict(source="pocketsphinx_speech", sample_rate=16000, mel_bins=32, clip_frames=64,
                  window_ms=25.0, hop_ms=10.0, cache_dir="")
+CACHE = cache_dir(ml_collections.ConfigDict(TINY_DATA))
 
 
 @pytest.fixture(scope="module")
 def recordings():
-  return audio.read_recordings(cache_dir(ml_collections.ConfigDict({"cache_dir": ""})))
+  return audio.read_recordings(CACHE)
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_resampling_keeps_a_tone_at_its_frequency():
 @pytest.fixture(scope="module")
 def tiny_clips():
   cfg = ml_collections.ConfigDict(TINY_DATA)
-  return {split: audio.build_audio_clips(cfg, split, cache_dir(cfg))
+  return {split: audio.build_audio_clips(cfg, split, CACHE)
           for split in ("train", "validation")}
 
 
@@ -120,6 +121,26 @@ def test_clips_are_deterministic_and_cached_by_settings(recordings, tiny_clips):
   assert other["train_spectrogram"].shape[1:] == (32, 16)
 
 
+def test_spoken_digits_task_is_balanced_split_by_voice_and_learnable(tiny_clips):
+  """Exact labels by construction; test voices never speak a training example; a
+  nearest-centroid classifier on time-averaged log-mel features already beats chance
+  across voices, so the labels are about the audio."""
+  data = spoken_digits.spoken_digits(CACHE)
+  test = spoken_digits.is_test_speaker(data["speaker"])
+  assert not set(data["speaker"][test]) & set(data["speaker"][~test]) and test.mean() == 0.25
+  task = tasks.spoken_digits(CACHE, 200, 100)
+  assert task.modality == "audio" and len(task.classes) == 10
+  assert np.bincount(task.train_labels).tolist() == [20] * 10
+  assert np.bincount(task.test_labels).tolist() == [10] * 10
+  cfg = ml_collections.ConfigDict(TINY_DATA)
+  embed = lambda w: audio.task_clips(w / 32768.0, 16000, cfg, CACHE).mean(1)
+  train, test_x = embed(task.train_inputs), embed(task.test_inputs)
+  assert train.shape == (200, 32)
+  centroids = np.stack([train[task.train_labels == c].mean(0) for c in range(10)])
+  guess = np.argmin(((test_x[:, None] - centroids) ** 2).sum(-1), 1)
+  assert (guess == task.test_labels).mean() > 0.3
+
+
 # --- SSAST ---------------------------------------------------------------------------------
 
 SSAST_TINY = ViTConfig(image_size=(8, 8), patch_size=(4, 2), channels=1, d_model=16,
@@ -147,20 +168,21 @@ def test_ssast_loss_matches_numpy(ssast_model):
   key = jax.random.key_data(jax.random.key(1))
   config = ml_collections.ConfigDict({"objective": dict(
       mask_patches=5, discriminative_weight=1.0, generative_weight=10.0)})
-  loss, metrics = jax.jit(functools.partial(ssast.SSAST().loss_fn, model=model,
-                                            config=config))(params, {"spectrogram": spec}, key)
   masked_idx, mask = ssast.random_masked(jax.random.wrap_key_data(key), 2, 8, 5)
-  masked_idx, mask = np.asarray(masked_idx), np.asarray(mask)
-  assert (mask.sum(1) == 5).all() and len({tuple(sorted(r)) for r in masked_idx}) == 2
   patches = _np_patchify(spec, (4, 2)).astype(np.float64)
 
   @jax.jit
-  def heads(p):
+  def run(p):  # one compile: the objective's loss and the heads on the same mask
+    loss, metrics = ssast.SSAST().loss_fn(p, {"spectrogram": spec}, key, model=model,
+                                          config=config)
     net = model.bind(p)
-    tokens = net(jnp.asarray(patches, jnp.float32), jnp.asarray(mask))
-    return net.discriminative(tokens), net.generative(tokens)
+    tokens = net(jnp.asarray(patches, jnp.float32), mask)
+    return loss, metrics, net.discriminative(tokens), net.generative(tokens)
 
-  disc, gen = (np.asarray(h, np.float64) for h in heads(params))
+  loss, metrics, disc, gen = run(params)
+  disc, gen = (np.asarray(h, np.float64) for h in (disc, gen))
+  masked_idx, mask = np.asarray(masked_idx), np.asarray(mask)
+  assert (mask.sum(1) == 5).all() and len({tuple(sorted(r)) for r in masked_idx}) == 2
   nce, mse = [], []
   for b in range(2):
     target = patches[b, masked_idx[b]]  # (M, P)
@@ -243,12 +265,16 @@ def test_tera_loss_is_l1_on_the_altered_positions():
   spec = jnp.asarray(np.random.default_rng(5).normal(size=(3, 21, 8)), jnp.float32)
   key = jax.random.key_data(jax.random.key(6))
   config = ml_collections.ConfigDict({"objective": _tera_objective(freq_mask_max_width=3)})
-  loss, _ = jax.jit(functools.partial(tera.TERA().loss_fn, model=model, config=config))(
-      params, {"spectrogram": spec}, key)
-  x, altered = tera.alter(jax.random.wrap_key_data(key), spec, config.objective)
-  net = model.bind(params)
-  pred = np.asarray(jax.jit(lambda s: net.reconstruct(net(s)))(x), np.float64)
-  altered = np.asarray(altered)
+
+  @jax.jit
+  def run(p):  # one compile: the objective's loss and the model on the same alteration
+    loss, _ = tera.TERA().loss_fn(p, {"spectrogram": spec}, key, model=model, config=config)
+    x, altered = tera.alter(jax.random.wrap_key_data(key), spec, config.objective)
+    net = model.bind(p)
+    return loss, net.reconstruct(net(x)), altered
+
+  loss, pred, altered = run(params)
+  pred, altered = np.asarray(pred, np.float64), np.asarray(altered)
   assert 0 < altered.sum() < altered.size
   want = np.abs(pred - np.asarray(spec, np.float64))[altered].mean()
   np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -273,9 +299,13 @@ def test_tera_paper_sizes_build_abstractly_with_the_paper_param_count(variant, p
 # --- through pretrain.main -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe", ["ssast", "tera"])
-def test_tiny_recipe_trains_through_main_and_draws_spectrograms(tmp_path, recipe):
+@pytest.mark.parametrize("recipe,evaluators", [("ssast", ""), ("tera", "knn")])
+def test_tiny_recipe_trains_through_main_and_draws_spectrograms(tmp_path, recipe, evaluators):
+  """TERA's run also scores its features with kNN on spoken digits."""
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny", f"--workdir={tmp_path}",
+                        f"--config.evaluate.evaluators={evaluators}",
+                        "--config.evaluate.train_examples=100",
+                        "--config.evaluate.test_examples=50",
                         "--config.train.steps=12", "--config.train.log_every=2",
                         "--config.optim.warmup_steps=2", "--config.train.eval_every=12",
                         "--config.train.eval_steps=1", "--config.train.checkpoint_every=12",
@@ -285,6 +315,8 @@ def test_tiny_recipe_trains_through_main_and_draws_spectrograms(tmp_path, recipe
   curve = [r["loss"] for r in records if "loss" in r]
   assert np.mean(curve[-2:]) < 0.9 * np.mean(curve[:2]), curve
   assert any("eval_loss" in r for r in records)
+  if evaluators:
+    assert any("knn_spoken_digits_accuracy" in r for r in records)
   grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_12.png"))
   # Spectrograms drawn (mel_bins, clip_frames) = (32, 64): 3 per held-out clip.
   assert grid.shape == (RECONSTRUCTION_EXAMPLES * 33 + 1, 3 * 65 + 1)

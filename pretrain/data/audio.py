@@ -60,7 +60,7 @@ RECORDINGS = (*(_LIBRIVOX.format(n) for n in ("870", "880", "890", "920", "930")
               "goforward.raw", "numbers.raw", "something.raw", "tidigits/dhd.2934z.raw")
 HELDOUT = (_LIBRIVOX.format("930"), "numbers.raw")
 LOG_FLOOR = 1e-10
-FEATURE_FORMAT = 1  # Part of the cache key: bump it when the features' code changes.
+FEATURE_FORMAT = 2  # Part of the cache key: bump it when the features' code changes.
 _SPLITS = ("train", "validation")
 
 
@@ -167,7 +167,7 @@ def compute_clips(recordings: dict[str, tuple[np.ndarray, int]], settings: dict
            for name, (x, rate) in recordings.items()}
   train_frames = np.concatenate([f for n, f in feats.items() if n not in HELDOUT])
   mean, std = train_frames.mean(), train_frames.std()
-  out = {}
+  out = {"mean": np.float32(mean), "std": np.float32(std)}
   for split in _SPLITS:
     names = [n for n in RECORDINGS if (n in HELDOUT) == (split == "validation")]
     cut = [clips((feats[n] - mean) / std, settings["clip_frames"]) for n in names]
@@ -190,30 +190,58 @@ class AudioClips:
     return {"spectrogram": self.spectrograms[i], "label": self.labels[i]}
 
 
-def build_audio_clips(data_cfg, split: str, cache_dir: str) -> AudioClips:
-  """The `split` clips, from the cache or computed (and cached, atomically) now."""
+def save_npz(path: str, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
+  """Atomically: another process never sees a half-written file under `path`."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    (np.savez_compressed if compressed else np.savez)(f, **arrays)
+  os.replace(tmp, path)
+
+
+def _cached_clips(data_cfg, cache_dir: str) -> dict[str, np.ndarray]:
+  """compute_clips' arrays for `data_cfg`'s settings, from the cache or computed now."""
   if data_cfg.source not in AUDIO_SOURCES:
     raise ValueError(f"unknown audio source {data_cfg.source!r}; valid: "
                      f"{', '.join(AUDIO_SOURCES)}")
-  if split not in _SPLITS:
-    raise ValueError(f"unknown audio split {split!r}; valid: {', '.join(_SPLITS)}")
   settings = _settings(data_cfg)
   key = hashlib.sha256(json.dumps({**settings, "format": FEATURE_FORMAT},
                                   sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(cache_dir, "audio", f"pocketsphinx-{key}.npz")
   if not os.path.exists(path):
-    arrays = compute_clips(read_recordings(cache_dir), settings)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
+    save_npz(path, compute_clips(read_recordings(cache_dir), settings))
   with np.load(path) as arrays:
-    spectrograms, labels = arrays[f"{split}_spectrogram"], arrays[f"{split}_label"]
+    return dict(arrays)
+
+
+def build_audio_clips(data_cfg, split: str, cache_dir: str) -> AudioClips:
+  """The `split` clips, from the cache or computed (and cached) now."""
+  if split not in _SPLITS:
+    raise ValueError(f"unknown audio split {split!r}; valid: {', '.join(_SPLITS)}")
+  arrays = _cached_clips(data_cfg, cache_dir)
+  spectrograms, labels = arrays[f"{split}_spectrogram"], arrays[f"{split}_label"]
   if not len(spectrograms):
     raise ValueError(f"no {split} recording is long enough for a clip of data.clip_frames="
                      f"{data_cfg.clip_frames} frames")
   return AudioClips(spectrograms, labels)
+
+
+def task_clips(waveforms: np.ndarray, rate: int, data_cfg, cache_dir: str) -> np.ndarray:
+  """Waveforms (N, samples) at `rate` -> (N, clip_frames, mel_bins) float32 clips with the
+  pretraining data's features and standardisation (a labelled task's inputs), each the
+  centre clip_frames frames, padded at the end with the log floor if shorter."""
+  stats = _cached_clips(data_cfg, cache_dir)
+  out = []
+  for x in waveforms:
+    x = resample(np.asarray(x, np.float32), rate, data_cfg.sample_rate)
+    feats = log_mel(x, data_cfg.sample_rate, data_cfg.window_ms, data_cfg.hop_ms,
+                    data_cfg.mel_bins)
+    start = max((len(feats) - data_cfg.clip_frames) // 2, 0)
+    feats = feats[start:start + data_cfg.clip_frames]
+    feats = np.pad(feats, ((0, data_cfg.clip_frames - len(feats)), (0, 0)),
+                   constant_values=np.log(LOG_FLOOR))
+    out.append((feats - stats["mean"]) / stats["std"])
+  return np.stack(out).astype(np.float32)
 
 
 def data_info(data_cfg) -> DataInfo:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from pretrain import sharding, steps
-from pretrain.data import pipeline
+from pretrain.data import audio, pipeline
 from pretrain.data.sources import image_example
 from pretrain.evaluation import probes, tasks
 from pretrain.registry import Registry
@@ -121,6 +121,10 @@ class FrozenFeatures(Evaluator):
       rows = [image_example(im, 0) for im in inputs]
       return {"image": np.stack([r["image"] for r in rows])}
     c = self.run_.config
+    if self.task.modality == "audio":
+      waves = np.asarray(inputs, np.float32) / 32768.0
+      return {"spectrogram": audio.task_clips(waves, audio.RECORDED_RATE, c.data,
+                                              pipeline.cache_dir(c.data))}
     kind = c.data.get("tokenizer") or self.run_.objective.tokenizer
     _, tokenizer = pipeline.build_text_dataset(c.data, "train", kind)
     length = c.data.seq_len
