@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from models.audio import ssast_flops_per_example
 from models.vit import patchify, unpatchify
 from objectives import base
+from pretrain.data import audio
 from objectives.mae import HIDDEN_GREY, image_grid
 
 
@@ -71,6 +72,7 @@ class SSAST(base.Objective):
   unit = "clips"
 
   def validate(self, config):
+    audio.validate(config.data)
     frames, bins = config.data.clip_frames, config.data.mel_bins
     patch = tuple(config.model.patch_size)
     if len(patch) != 2 or min(patch) < 1 or frames % patch[0] or bins % patch[1]:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from models.audio import frame_transformer_flops_per_example
 from objectives import base
+from pretrain.data import audio
 from objectives.ssast import spectrogram_columns
 
 ZERO, REPLACE = 0.8, 0.1  # fates of the time blocks; the rest stay unchanged
@@ -74,6 +75,7 @@ class TERA(base.Objective):
   unit = "clips"
 
   def validate(self, config):
+    audio.validate(config.data)
     obj, frames, bins = config.objective, config.data.clip_frames, config.data.mel_bins
     if not 1 <= obj.time_mask_width <= frames:
       raise ValueError(f"objective.time_mask_width={obj.time_mask_width}: must be in "

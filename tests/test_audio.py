@@ -320,3 +320,17 @@ def test_tiny_recipe_trains_through_main_and_draws_spectrograms(tmp_path, recipe
   grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_12.png"))
   # Spectrograms drawn (mel_bins, clip_frames) = (32, 64): 3 per held-out clip.
   assert grid.shape == (RECONSTRUCTION_EXAMPLES * 33 + 1, 3 * 65 + 1)
+
+
+@pytest.mark.parametrize("recipe,arg,expected", [
+    ("ssast", "objective.mask_patches=1", "objective.mask_patches=1: must be in [2, 32)"),
+    ("ssast", "model.patch_size=(5,8)", "model.patch_size=(5, 8): must be 2 positive sizes"),
+    ("tera", "data.sample_rate=44100", "data.sample_rate=44100: must be in [1000, 16000]"),
+    ("tera", "objective.freq_mask_max_width=40", "must be in [0, data.mel_bins=32)"),
+])
+def test_bad_settings_are_one_line_errors_before_work(tmp_path, capsys, recipe, arg, expected):
+  assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny",
+                        f"--workdir={tmp_path}/run", f"--config.{arg}"]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and err.count("\n") == 1, err
+  assert not (tmp_path / "run").exists()

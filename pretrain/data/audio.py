@@ -145,6 +145,25 @@ def log_mel(samples: np.ndarray, sample_rate: int, window_ms: float, hop_ms: flo
   return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
 
 
+def validate(data_cfg) -> None:
+  """ValueError naming a bad data.* audio setting (objectives call it before any work)."""
+  rate = data_cfg.sample_rate
+  if not 1000 <= rate <= RECORDED_RATE:
+    raise ValueError(f"data.sample_rate={rate}: must be in [1000, {RECORDED_RATE}] (the "
+                     "recordings are 16 kHz; higher rates would add an empty band)")
+  if not 0 < data_cfg.hop_ms <= data_cfg.window_ms:
+    raise ValueError(f"data.hop_ms={data_cfg.hop_ms}, data.window_ms={data_cfg.window_ms}: "
+                     "need 0 < hop_ms <= window_ms")
+  win, hop, n_fft = frame_sizes(rate, data_cfg.window_ms, data_cfg.hop_ms)
+  if hop < 1:
+    raise ValueError(f"data.hop_ms={data_cfg.hop_ms}: under one sample at {rate} Hz")
+  if not 1 <= data_cfg.mel_bins <= n_fft // 2:
+    raise ValueError(f"data.mel_bins={data_cfg.mel_bins}: must be in [1, {n_fft // 2}] for "
+                     f"{data_cfg.window_ms} ms windows at {rate} Hz")
+  if data_cfg.clip_frames < 1:
+    raise ValueError(f"data.clip_frames={data_cfg.clip_frames}: must be >= 1")
+
+
 def _settings(data_cfg) -> dict:
   return dict(sample_rate=data_cfg.sample_rate, mel_bins=data_cfg.mel_bins,
               window_ms=data_cfg.window_ms, hop_ms=data_cfg.hop_ms,
