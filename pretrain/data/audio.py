@@ -6,7 +6,7 @@ the tar.gz, never built or installed). All are 16 kHz, 16-bit, mono:
 
   librivox/sense_and_sensibility_01_austen_64kb-08{70,80,90}, -09{20,30}.wav   LibriVox
       readings of Austen's "Sense and Sensibility" (public domain), 24.7 s
-  cards/00{1..5}.wav          spoken card names, 9.7 s
+  cards/00{1..5}.wav          playing cards read out ("ten of clubs", ...), 9.7 s
   forever/input_{2,4}_16k.wav 9.1 s
   goforward.raw, numbers.raw, something.raw, tidigits/dhd.2934z.raw   10.2 s
 
