@@ -131,6 +131,7 @@ KEY_DOCS: dict[str, str] = {
     "data.mel_bins": "Audio: HTK mel filters from 0 Hz to Nyquist per frame (SSAST: 128; TERA: 80).",
     "data.sample_rate": "Audio (data.source=pocketsphinx_speech: 16 recordings of real speech from the pocketsphinx 5.1.1 sdist, recorded at 16 kHz): Hz the recordings are FFT-resampled to before the spectrogram (16000 = as recorded).",
     "data.window_ms": "Audio: spectrogram window length in milliseconds (periodic Hann, FFT over the next power of two; SSAST, TERA: 25).",
+    "objective.cluster_masking": "ssast: mask square clusters of 3x3 to 5x5 neighbouring patches (clipped at the grid's edges) until objective.mask_patches are masked, as SSAST does for patch-based models; false = a uniform random subset (SSAST's frame-based models).",
     "objective.discriminative_weight": "ssast: weight of the InfoNCE between each masked patch's prediction and every masked patch of its clip (SSAST: 1).",
     "objective.freq_mask_max_width": "tera: the frequency alteration zeroes a band of consecutive mel bins of width uniform in [0, this] (TERA: 8 of 80).",
     "objective.generative_weight": "ssast: weight of the MSE reconstructing the masked patches (SSAST: 10).",

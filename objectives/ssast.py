@@ -2,9 +2,10 @@
 
 Masked spectrogram patch modeling (MSPM): a log-mel clip (frames, mel_bins) is cut into
 patches (`model.patch_size`: 16x16 patch-based, or 2 frames x 128 bins frame-based), a
-random `objective.mask_patches` of them per clip have their embedding replaced by a learned
-mask embedding (`models.audio.SSAST`), and the encoder's output at each masked position
-feeds two heads:
+random `objective.mask_patches` of them per clip (with `objective.cluster_masking`, in
+square clusters of neighbouring patches, SSAST's choice for patch-based models; frame-based
+ones mask frames uniformly) have their embedding replaced by a learned mask embedding
+(`models.audio.SSAST`), and the encoder's output at each masked position feeds two heads:
 
   discriminative: InfoNCE over the clip's masked patches. The head's prediction at masked
     position i scores every masked patch j of the same clip by the dot product
@@ -29,13 +30,40 @@ from pretrain.data import audio
 from objectives.mae import HIDDEN_GREY, image_grid
 
 
+CLUSTER_SIDES = (3, 5)  # SSAST's code: square clusters of 3x3 to 5x5 patches
+
+
+def _top(priority: jax.Array, count: int):
+  """(idx (B, count) of the highest priorities, mask (B, N) with 1 there)."""
+  idx = jnp.argsort(-priority, axis=1)[:, :count]
+  mask = jnp.zeros(priority.shape).at[jnp.arange(priority.shape[0])[:, None], idx].set(1.0)
+  return idx, mask
+
+
 def random_masked(rng: jax.Array, batch: int, num_patches: int, count: int):
   """(masked_idx (B, count) int, mask (B, N) float, 1 = masked): a uniform random subset
   of `count` patches per example."""
-  order = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1)
-  masked_idx = order[:, :count]
-  mask = jnp.zeros((batch, num_patches)).at[jnp.arange(batch)[:, None], masked_idx].set(1.0)
-  return masked_idx, mask
+  return _top(jax.random.uniform(rng, (batch, num_patches)), count)
+
+
+def cluster_masked(rng: jax.Array, batch: int, grid: tuple[int, int], count: int):
+  """SSAST's cluster masking for patch-based models: squares of side s x s neighbouring
+  patches (s uniform in CLUSTER_SIDES per clip, clipped at the grid's edges) at random
+  corners are masked one after another until `count` patches are; of the square that
+  crosses `count`, a random part. Same outputs as `random_masked`.
+
+  Vectorised: `count` squares are drawn (more than ever needed); a patch's priority is
+  minus the first square covering it, plus noise in [0, 1) that orders patches within a
+  square (uncovered patches come last), and the top `count` priorities are masked."""
+  rows, cols = grid
+  k_side, k_row, k_col, k_noise = jax.random.split(rng, 4)
+  side = jax.random.randint(k_side, (batch, 1, 1), CLUSTER_SIDES[0], CLUSTER_SIDES[1] + 1)
+  top = jax.random.randint(k_row, (batch, count, 1), 0, rows)
+  left = jax.random.randint(k_col, (batch, count, 1), 0, cols)
+  r, c = jnp.divmod(jnp.arange(rows * cols), cols)  # (N,) grid coordinates
+  covers = (r >= top) & (r < top + side) & (c >= left) & (c < left + side)  # (B, S, N)
+  first = jnp.where(covers.any(1), jnp.argmax(covers, axis=1), count)  # (B, N)
+  return _top(jax.random.uniform(k_noise, first.shape) - first, count)
 
 
 def mspm_losses(pred_disc: jax.Array, pred_gen: jax.Array, target: jax.Array):
@@ -91,8 +119,9 @@ class SSAST(base.Objective):
     predictions at the masked patches (B, M, P))."""
     patches = patchify(spectrogram[..., None], net.cfg.patch_size)
     b, n, _ = patches.shape
-    masked_idx, mask = random_masked(jax.random.wrap_key_data(rng), b, n,
-                                     config.objective.mask_patches)
+    key, count = jax.random.wrap_key_data(rng), config.objective.mask_patches
+    masked_idx, mask = (cluster_masked(key, b, net.cfg.grid, count)
+                        if config.objective.cluster_masking else random_masked(key, b, n, count))
     hidden = jnp.take_along_axis(net(patches, mask), masked_idx[..., None], axis=1)
     return patches, mask, masked_idx, net.discriminative(hidden), net.generative(hidden)
 
