@@ -4,5 +4,5 @@ from objectives import (  # noqa: F401
                         decoder_span_corruption, dino, distill_mlm, drbert, e2s2,
                         encoder_decoder_prefix_lm, ernie3, forecast, ftp, gmml, graphcodebert,
                         i2p_mae, mae, mae_distill, minilm, mlm, multi_token, next_block,
-                        position_prediction, prefix_lm, retromae, span_corruption, starbucks,
-                        token_unify, unixcoder)
+                        position_prediction, prefix_lm, retromae, span_corruption, ssast, starbucks,
+                        tera, token_unify, unixcoder)

@@ -21,6 +21,7 @@ from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.vit import MAE, ViTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from models.vit_pretext import PositionPredictor, SiT, SiTConfig
+from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -344,3 +345,49 @@ class PositionPredictorBuilder(MaeBuilder):
 
 MODELS.register("sit")(SiTBuilder())
 MODELS.register("position_predictor")(PositionPredictorBuilder())
+
+
+class SsastBuilder:
+  """SSAST: `models.vit` ViT over one-channel (frames, mel_bins) spectrogram patches (the
+  `mae` model keys, no decoder) + mask embedding + two heads: `SSAST`. The spectrogram
+  shape comes from the data (`DataInfo.audio_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    size = decode_size(model_cfg)
+    patch = tuple(model_cfg.patch_size)
+    # Structure checks only (validate) before data exists; objectives check the data's shape.
+    spectrogram = tuple(info.audio_shape) or patch
+    return ViTConfig(image_size=spectrogram, patch_size=patch, channels=1,
+                     pos_emb=model_cfg.pos_emb, norm=model_cfg.norm,
+                     activation=model_cfg.activation, dtype=model_cfg.dtype,
+                     ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+                     **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: ViTConfig, rngs):
+    return SSAST(cfg, rngs=rngs)
+
+
+class FrameTransformerBuilder:
+  """TERA's frame transformer + prediction head: `FrameTransformer`; the mel bins per frame
+  come from the data (`DataInfo.audio_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> FrameTransformerConfig:
+    size = decode_size(model_cfg)
+    num_bins = info.audio_shape[1] if info.audio_shape else 1  # validate: structure only
+    return FrameTransformerConfig(num_bins=num_bins, norm=model_cfg.norm,
+                                  activation=model_cfg.activation, dtype=model_cfg.dtype,
+                                  ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+                                  **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: FrameTransformerConfig, rngs):
+    return FrameTransformer(cfg, rngs=rngs)
+
+
+MODELS.register("ssast")(SsastBuilder())
+MODELS.register("frame_transformer")(FrameTransformerBuilder())

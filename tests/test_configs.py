@@ -50,7 +50,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("token_unify", v) for v in ("tiny", "base")]
             + [("i2p_mae", v) for v in ("tiny", "point_mae")]
             + [("gmml", v) for v in ("tiny", "S/16")]
-            + [("position_prediction", v) for v in ("tiny", "B/16")])
+            + [("position_prediction", v) for v in ("tiny", "B/16")]
+            + [("ssast", v) for v in ("tiny", "patch-base", "frame-base")]
+            + [("tera", v) for v in ("tiny", "base", "medium", "large")])
 
 
 def load(recipe: str, variant: str):

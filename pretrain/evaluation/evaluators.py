@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from pretrain import sharding, steps
-from pretrain.data import pipeline
+from pretrain.data import audio, pipeline
 from pretrain.data.sources import image_example
 from pretrain.evaluation import probes, tasks
 from pretrain.registry import Registry
@@ -156,7 +156,12 @@ class FrozenFeatures(Evaluator):
     if self.task.modality == "image":
       rows = [image_example(im, 0) for im in inputs]
       return {"image": np.stack([r["image"] for r in rows])}
-    return text_rows(inputs, run_tokenizer(self.run_), self.run_.config.data.seq_len)
+    c = self.run_.config
+    if self.task.modality == "audio":
+      waves = np.asarray(inputs, np.float32) / 32768.0
+      return {"spectrogram": audio.task_clips(waves, audio.RECORDED_RATE, c.data,
+                                              pipeline.cache_dir(c.data))}
+    return text_rows(inputs, run_tokenizer(self.run_), c.data.seq_len)
 
   def features(self, params, inputs) -> np.ndarray:
     """(N, D) float32: rows in global batches; each process feeds its slice of each."""
