@@ -60,6 +60,10 @@ KEY_DOCS: dict[str, str] = {
     "objective.warmup_teacher_temp": "dino: teacher temperature at step 0, raised linearly to objective.teacher_temp (DINO: 0.04).",
     "objective.teacher_temp_warmup_steps": "dino: steps of the teacher-temperature warmup (the step is the example index // train.global_batch; evaluation batches count from 0).",
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
+    # frame_prediction (PredFormer) and next_block_video
+    "objective.input_frames": "frame_prediction: the first input_frames of each data.num_frames clip are the model's input, the rest (1 to input_frames of them) the frames it predicts (PredFormer on Moving MNIST: 10 in, 10 out).",
+    "model.st_attention": "predformer: where gated blocks attend: full (all frames x patches of a clip jointly), factorized (a stage per model.st_pattern letter, num_layers / 2 blocks each) or interleaved (model.st_pattern repeated, one block per letter).",
+    "model.st_pattern": "predformer: S = spatial block (a frame's patches attend to each other), T = temporal block (a patch position attends across frames); factorized: TS (PredFormer's FacTS) or ST; interleaved: any S/T string, e.g. TSST (Quadruplet-TSST, the paper's best on Moving MNIST); ignored by full.",
     # model
     "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, dino (ViT + projection head), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",

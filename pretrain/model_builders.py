@@ -274,3 +274,30 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+from models.predformer import PredFormer, PredFormerConfig  # noqa: E402
+
+
+class PredFormerBuilder:
+  """PredFormer (Tang et al. 2024): gated transformer blocks over frame patches, attending
+  as `model.st_attention` / `model.st_pattern` say; frames' size and channels come from the
+  data (`DataInfo.video_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> PredFormerConfig:
+    # Before data exists (validate), one single-channel frame of one patch stands in.
+    _, height, width, channels = info.video_shape or (1, *model_cfg.patch_size, 1)
+    return PredFormerConfig(
+        image_size=(height, width), patch_size=tuple(model_cfg.patch_size), channels=channels,
+        layout=model_cfg.st_attention, pattern=model_cfg.st_pattern, dtype=model_cfg.dtype,
+        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+        **{k: v for k, v in decode_size(model_cfg).items() if k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: PredFormerConfig, rngs):
+    return PredFormer(cfg, rngs=rngs)
+
+
+MODELS.register("predformer")(PredFormerBuilder())
