@@ -301,3 +301,15 @@ class PredFormerBuilder:
 
 
 MODELS.register("predformer")(PredFormerBuilder())
+
+
+class PatchTokenTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` over video patch tokens (next_block_video): the vocabulary is the
+  k-means codebook of `model.codebook_size` patches (pretrain/data/patch_codebook.py)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("patch_token_transformer")(PatchTokenTransformerBuilder())
