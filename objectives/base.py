@@ -45,6 +45,7 @@ class DataInfo:
   sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
   image_shape: tuple[int, ...] = ()  # (H, W, C)
   series_shape: tuple[int, ...] = ()  # (context_len, horizon, resolution ids)
+  video_shape: tuple[int, ...] = ()  # (T, H, W, C)
 
 
 @dataclasses.dataclass(frozen=True)
