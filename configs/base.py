@@ -62,6 +62,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
     # frame_prediction (PredFormer) and next_block_video
     "objective.input_frames": "frame_prediction: the first input_frames of each data.num_frames clip are the model's input, the rest (1 to input_frames of them) the frames it predicts (PredFormer on Moving MNIST: 10 in, 10 out).",
+    "model.codebook_size": "patch_token_transformer (next_block_video): entries of the k-means codebook each model.patch_size pixel patch of a frame is quantised to, i.e. the token vocabulary (fitted on training clips once, cached; pretrain/data/patch_codebook.py).",
     "model.st_attention": "predformer: where gated blocks attend: full (all frames x patches of a clip jointly), factorized (a stage per model.st_pattern letter, num_layers / 2 blocks each) or interleaved (model.st_pattern repeated, one block per letter).",
     "model.st_pattern": "predformer: S = spatial block (a frame's patches attend to each other), T = temporal block (a patch position attends across frames); factorized: TS (PredFormer's FacTS) or ST; interleaved: any S/T string, e.g. TSST (Quadruplet-TSST, the paper's best on Moving MNIST); ignored by full.",
     # model

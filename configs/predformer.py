@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
     c.data.update(num_frames=8, frame_size=16)
     c.model.update(num_layers=2, d_model=32, num_heads=2, d_ff=64, patch_size=(4, 4))
     c.model.st_pattern = "TS"
-    tiny_schedule(c, global_batch=16, lr=3e-3)
+    tiny_schedule(c, global_batch=32, lr=1e-2)
   else:
     c.topology = "v5e-1"  # 25M params, batch 16: one chip (the paper trains on one GPU)
   return c

@@ -10,14 +10,26 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from models.predformer import PredFormer, PredFormerConfig, apply_stage
-from pretrain.registry import OBJECTIVES
-from tests.helpers import build
+from models.transformer import TextTransformer, TransformerConfig
+from objectives.next_block import FrameTokens
+from pretrain import config as config_lib
+from pretrain import main as main_lib
+from pretrain.data import patch_codebook
+from pretrain.data.modalities import MODALITIES
+from pretrain.registry import MODELS, OBJECTIVES
+from pretrain.train import read_metrics
+from tests.helpers import build, np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(image_size=(8, 8), patch_size=(4, 4), d_model=16, num_heads=2, d_ff=32,
              channels=1)
+
+
+def _load(recipe: str, variant: str):
+  return config_lib.load_config_file(os.path.join(ROOT, f"configs/{recipe}.py:{variant}"))
 
 
 def _predformer(layout: str, pattern: str, num_layers: int):
@@ -165,3 +177,127 @@ def test_frame_prediction_loss_is_the_future_frames_mse_like_numpy(predformer_ts
 def test_frame_prediction_rejects_splits_the_model_cannot_predict(input_frames, message):
   with pytest.raises(ValueError, match=message):
     OBJECTIVES.get("frame_prediction").validate(_frame_config(input_frames, 5))
+
+
+# --- paper size and the tiny recipe ----------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["mmnist", "mmnist_full", "mmnist_factorized"])
+def test_paper_sizes_build_abstractly_with_the_paper_param_count(variant):
+  config = _load("predformer", variant)
+  builder = MODELS.get("predformer")
+  cfg = builder.model_config(config.model, MODALITIES.get("video").abstract_info(config))
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: builder.build(cfg, nnx.Rngs(0)))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  # PredFormer's Moving MNIST results table: 25.3M params (24 gated blocks of width 256).
+  assert cfg.num_patches == 64 and sum(d for _, d in cfg.stages) == 24
+  assert abs(count / 25.3e6 - 1) < 0.02, count
+
+
+def _train(tmp_path, recipe: str, variant: str, steps: int) -> list[dict]:
+  args = [f"--config.train.steps={steps}", "--config.train.log_every=1",
+          f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}",
+          "--config.optim.warmup_steps=2"]
+  assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:{variant}",
+                        f"--workdir={tmp_path}", *args]) == 0
+  return read_metrics(str(tmp_path))
+
+
+def test_tiny_predformer_recipe_trains_through_main(tmp_path):
+  records = _train(tmp_path, "predformer", "tiny", 20)
+  curve = [r["loss"] for r in records if "loss" in r]
+  start = np.mean(curve[:2])
+  assert np.mean(curve[-5:]) < 0.75 * start, curve
+  final = next(r for r in records if "eval_loss" in r)
+  assert final["eval_loss"] < 0.75 * start and final["eval_copy_last_mse"] > 0, final
+  assert os.path.exists(tmp_path / "reconstructions" / "step_20.png")
+
+
+# --- next-block prediction on video ----------------------------------------------------
+
+
+def test_kmeans_finds_separated_clusters_and_quantises_to_the_nearest():
+  rng = np.random.default_rng(0)
+  centres = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 9.0]])
+  points = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres])
+  codebook = patch_codebook.kmeans(points, 3, iters=10, seed=0)
+  found = sorted(map(tuple, np.round(codebook).astype(int)))
+  assert found == [(0, 0), (0, 9), (5, 5)]
+  brute = np.square(points[:, None] - codebook[None]).sum(-1).argmin(1)
+  np.testing.assert_array_equal(patch_codebook.nearest(points.astype(np.float32), codebook),
+                                brute)
+  # Fewer distinct points than centroids: still k finite centroids, every point exact.
+  same = patch_codebook.kmeans(np.zeros((10, 2)), 4, iters=2, seed=0)
+  assert same.shape == (4, 2) and np.isfinite(same).all()
+
+
+def test_frame_tokens_are_frame_major_patches_of_the_nearest_centroid():
+  video = np.zeros((2, 8, 8, 1), np.uint8)
+  video[1, 4:, :4] = 255  # frame 1: its bottom-left 4x4 patch (row-major index 2) white
+  codebook = np.stack([np.zeros(16), np.ones(16)]).astype(np.float32)
+  row = FrameTokens(codebook, 4).random_map({"video": video, "label": np.int32(0)}, None)
+  np.testing.assert_array_equal(row["tokens"], [0, 0, 0, 0, 0, 0, 1, 0])
+  np.testing.assert_array_equal(row["positions"], np.arange(8))
+  assert row["segment_ids"].tolist() == [1] * 8 and row["tokens"].dtype == np.int32
+
+
+@pytest.fixture(scope="module")
+def video_nbp():
+  """(config, structure, params) of a small transformer over 3 frames x 4 patch tokens."""
+  config = ml_collections.ConfigDict({
+      "data": {"frame_size": 8, "num_frames": 3},
+      "model": {"patch_size": (4, 4), "codebook_size": 10, "max_len": 12}})
+  cfg = TransformerConfig(vocab_size=128, num_layers=2, d_model=16, num_heads=2, d_ff=32,
+                          max_len=12)
+  return (config, *build(TextTransformer, cfg))
+
+
+def _video_batch(seed: int = 0):
+  tokens = np.random.default_rng(seed).integers(0, 10, (2, 12)).astype(np.int32)
+  return {"tokens": tokens, "segment_ids": np.ones((2, 12), np.int32),
+          "positions": np.broadcast_to(np.arange(12, dtype=np.int32), (2, 12))}
+
+
+def test_video_blocks_see_their_frame_and_earlier_frames_never_later_ones(video_nbp):
+  config, model_def, params = video_nbp
+  objective = OBJECTIVES.get("next_block_video")
+  assert objective.block_size(config) == 4
+  hidden = jax.jit(lambda b: model_def.bind(params)(
+      b["tokens"], positions=b["positions"], mask=objective.mask(b, config)))
+  batch = _video_batch()
+  base_out = np.asarray(hidden(batch))
+  for frame in range(3):
+    moved = dict(batch, tokens=batch["tokens"].copy())
+    moved["tokens"][:, 4 * frame + 3] = (moved["tokens"][:, 4 * frame + 3] + 1) % 10
+    changed = np.abs(np.asarray(hidden(moved)) - base_out).max(-1) > 1e-6  # (B, 12)
+    # Every token of this frame and of later frames sees the moved (last) token of the
+    # frame; no token of an earlier frame does.
+    assert changed[:, 4 * frame:].all() and not changed[:, :4 * frame].any(), frame
+
+
+def test_video_next_block_loss_matches_numpy(video_nbp):
+  config, model_def, params = video_nbp
+  objective = OBJECTIVES.get("next_block_video")
+  batch = _video_batch(1)
+
+  @jax.jit
+  def run(p, b):
+    net = model_def.bind(p)
+    logits = net.logits(net(b["tokens"], positions=b["positions"],
+                            mask=objective.mask(b, config)))
+    return objective.loss_fn(p, b, None, model=model_def, config=config), logits
+
+  (loss, metrics), logits = run(params, batch)
+  # Token i of frames 0 and 1 predicts token i of the next frame; frame 2 has no target.
+  ce = np_cross_entropy(np.asarray(logits)[:, :8], batch["tokens"][:, 4:])
+  np.testing.assert_allclose(loss, ce.mean(), rtol=1e-5)
+  hits = np.asarray(logits)[:, :8].argmax(-1) == batch["tokens"][:, 4:]
+  np.testing.assert_allclose(metrics["accuracy"], hits.mean(), rtol=1e-6)
+
+
+def test_tiny_video_recipe_trains_through_main(tmp_path):
+  records = _train(tmp_path, "next_block", "tiny_video", 20)
+  curve = [r["loss"] for r in records if "loss" in r]
+  assert curve[-1] < curve[0] - 1.0, curve
+  assert next(r for r in records if "eval_loss" in r)["eval_loss"] < curve[0]
