@@ -20,8 +20,10 @@ import numpy as np
 
 from models.attention import attention_mask
 from models.transformer import transformer_flops_per_token
+from models.vit import unpatchify
 from objectives import base
 from objectives.causal_lm import next_token_targets
+from objectives.frame_prediction import clip_strips
 from pretrain.data import patch_codebook
 from pretrain.data.modalities import MODALITIES
 
@@ -113,7 +115,31 @@ class NextBlockVideo(NextBlock):
       raise ValueError(f"model.max_len={config.model.max_len} < data.num_frames x tokens "
                        f"per frame = {length}")
 
-  def host_transform(self, config, info):
-    codebook = patch_codebook.fitted_codebook(
+  def codebook(self, config) -> np.ndarray:
+    """(codebook_size, patch^2 C) centroids, fitted on the training clips once, cached."""
+    return patch_codebook.fitted_codebook(
         config, lambda: MODALITIES.get(self.modality).build(config, self)[0])
-    return FrameTokens(codebook, config.model.patch_size[0])
+
+  def host_transform(self, config, info):
+    return FrameTokens(self.codebook(config), config.model.patch_size[0])
+
+  def reconstructions(self, params, batch, rng, *, model, config):
+    """Two strips per clip, frames drawn from their tokens' centroids: the clip as
+    tokenised, and under it each frame as predicted in one step from the frames before it
+    (the argmax token at every place; frame 0 has no prediction: white)."""
+    del rng
+    net = model.bind(params)
+    tokens, per_frame = batch["tokens"], self.block_size(config)
+    hidden = net(tokens, positions=batch["positions"], mask=self.mask(batch, config))
+    predicted = jnp.argmax(net.logits(hidden[:, :-per_frame]), -1)  # frames 1..T-1
+    codebook = self.codebook(config)
+    patch, size = config.model.patch_size[0], config.data.frame_size
+    channels = codebook.shape[1] // patch ** 2
+
+    def frames(ids):  # (B, T' N) codebook ids -> (B, T', H, W, C) pixels in [0, 1]
+      return unpatchify(jnp.asarray(codebook)[ids], (1, patch, patch),
+                        (ids.shape[1] // per_frame, size, size), channels)
+
+    blank = jnp.ones((tokens.shape[0], 1, size, size, channels))
+    return {"reconstructions": clip_strips([frames(tokens),
+                                            jnp.concatenate([blank, frames(predicted)], 1)])}

@@ -301,3 +301,4 @@ def test_tiny_video_recipe_trains_through_main(tmp_path):
   curve = [r["loss"] for r in records if "loss" in r]
   assert curve[-1] < curve[0] - 1.0, curve
   assert next(r for r in records if "eval_loss" in r)["eval_loss"] < curve[0]
+  assert os.path.exists(tmp_path / "reconstructions" / "step_20.png")
