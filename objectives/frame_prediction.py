@@ -48,6 +48,9 @@ class FramePrediction(base.Objective):
       raise ValueError(f"objective.input_frames={t_in}: must leave data.num_frames={total} - "
                        f"input_frames future frames, between 1 and input_frames (the model "
                        f"predicts as many frames as it sees)")
+    patch, size = tuple(config.model.patch_size), config.data.frame_size
+    if any(p < 1 or size % p for p in patch):
+      raise ValueError(f"model.patch_size={patch} does not divide data.frame_size={size}")
 
   def predict(self, params, batch, *, model, config):
     """(input frames, true future frames, predicted future frames), float32 in [0, 1]

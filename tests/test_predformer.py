@@ -146,7 +146,8 @@ def test_prediction_has_the_clip_shape_in_float32():
 
 def _frame_config(input_frames: int, num_frames: int):
   return ml_collections.ConfigDict({"objective": {"input_frames": input_frames},
-                                    "data": {"num_frames": num_frames}})
+                                    "data": {"num_frames": num_frames, "frame_size": 8},
+                                    "model": {"patch_size": (4, 4)}})
 
 
 def test_frame_prediction_loss_is_the_future_frames_mse_like_numpy(predformer_ts):
@@ -212,6 +213,28 @@ def test_tiny_predformer_recipe_trains_through_main(tmp_path):
   final = next(r for r in records if "eval_loss" in r)
   assert final["eval_loss"] < 0.75 * start and final["eval_copy_last_mse"] > 0, final
   assert os.path.exists(tmp_path / "reconstructions" / "step_20.png")
+
+
+@pytest.mark.parametrize("spec,args,expected", [
+    ("predformer.py:tiny", ["--config.objective.input_frames=2"],
+     "objective.input_frames=2: must leave data.num_frames=8"),
+    ("predformer.py:tiny", ["--config.model.st_attention=factorized",
+                            "--config.model.st_pattern=TST"], "model.st_pattern='TST'"),
+    ("predformer.py:tiny", ["--config.model.st_pattern=TSX"], "model.st_pattern='TSX'"),
+    ("predformer.py:tiny", ["--config.model.patch_size=(3, 3)"],
+     "model.patch_size=(3, 3) does not divide data.frame_size=16"),
+    ("predformer.py:tiny", ["--config.data.source=fashion_mnist"],
+     "data.source='fashion_mnist' cannot feed objective 'frame_prediction' (video)"),
+    ("next_block.py:tiny_video", ["--config.model.patch_size=(3, 3)"],
+     "model.patch_size=(3, 3): the codebook's patches must be square and divide"),
+    ("next_block.py:tiny_video", ["--config.model.max_len=64"], "model.max_len=64 < "),
+    ("next_block.py:tiny_video", ["--config.model.codebook_size=1"],
+     "model.codebook_size=1: must be >= 2"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, spec, args, expected):
+  code = main_lib.main([f"--config={ROOT}/configs/{spec}", f"--workdir={tmp_path}/r", *args])
+  err = capsys.readouterr().err
+  assert code == 2 and expected in err and err.count("\n") == 1, err
 
 
 # --- next-block prediction on video ----------------------------------------------------
