@@ -14,6 +14,7 @@ from flax import nnx
 
 from models.predformer import PredFormer, PredFormerConfig, apply_stage
 from models.transformer import TextTransformer, TransformerConfig
+from objectives.base import ModelDef
 from objectives.next_block import FrameTokens
 from pretrain import config as config_lib
 from pretrain import main as main_lib
@@ -21,7 +22,7 @@ from pretrain.data import patch_codebook
 from pretrain.data.modalities import MODALITIES
 from pretrain.registry import MODELS, OBJECTIVES
 from pretrain.train import read_metrics
-from tests.helpers import build, np_cross_entropy
+from tests.helpers import np_cross_entropy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(image_size=(8, 8), patch_size=(4, 4), d_model=16, num_heads=2, d_ff=32,
@@ -32,10 +33,21 @@ def _load(recipe: str, variant: str):
   return config_lib.load_config_file(os.path.join(ROOT, f"configs/{recipe}.py:{variant}"))
 
 
+def _random_model(cls, cfg):
+  """(structure, params) of cls(cfg), params drawn in NumPy (N(0, 0.2)): an eager init
+  would compile one kernel per param shape."""
+  with nnx.use_eager_sharding(False):
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))),
+                                   nnx.Param)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: rng.normal(0, 0.2, a.shape).astype(np.float32),
+                        nnx.to_pure_dict(abstract))
+  return ModelDef(graphdef), params
+
+
 def _predformer(layout: str, pattern: str, num_layers: int):
   cfg = PredFormerConfig(layout=layout, pattern=pattern, num_layers=num_layers, **SMALL)
-  model_def, params = build(PredFormer, cfg)
-  return cfg, model_def, params
+  return (cfg, *_random_model(PredFormer, cfg))
 
 
 # --- PredFormer: the three layouts -------------------------------------------------------
@@ -67,53 +79,44 @@ def predformer_ts():
 
 @pytest.fixture(scope="module")
 def stage_outputs(predformer_ts):
-  """kind -> a jitted stage (one gated block) of a built model, applied to x (B, T, N, D)."""
+  """x (B, T, N, D) -> (B, T, N, D) per kind, one jitted function: the model's own temporal
+  and spatial stages (one gated block each) and a full-attention model's stage."""
   _, model_def, params = predformer_ts
   _, full_def, full_params = _predformer("full", "", 1)
 
-  def stage(defn, p, index, kind):
-    return jax.jit(lambda x: apply_stage(defn.bind(p).stages[index], kind, x))
+  @jax.jit
+  def run(x):
+    net, full = model_def.bind(params), full_def.bind(full_params)
+    return {"temporal": apply_stage(net.stages[0], "temporal", x),
+            "spatial": apply_stage(net.stages[1], "spatial", x),
+            "full": apply_stage(full.stages[0], "full", x)}
 
-  return {"temporal": stage(model_def, params, 0, "temporal"),
-          "spatial": stage(model_def, params, 1, "spatial"),
-          "full": stage(full_def, full_params, 0, "full")}
-
-
-def _tokens(seed: int = 0):
-  return jax.random.normal(jax.random.key(seed), (2, 3, 4, 16))  # (B, T, N, D)
+  return run
 
 
-def _nudge(x, index):
-  """x with the token at `index` moved by a random vector (not a constant shift: the
-  blocks' LayerNorms would erase that)."""
-  return x.at[index].add(jax.random.normal(jax.random.key(9), x.shape[-1:]))
-
-
-def _changed(a, b) -> np.ndarray:
-  """(B, T, N) bool: which tokens' outputs differ."""
+def _changed(stage_outputs, kind: str, index) -> np.ndarray:
+  """(B, T, N) bool: which tokens' outputs of the `kind` stage move when the input token at
+  `index` moves by a random vector (not a constant shift: LayerNorms would erase that)."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 16))  # (B, T, N, D)
+  moved = x.at[index].add(jax.random.normal(jax.random.key(9), (16,)))
+  a, b = stage_outputs(x)[kind], stage_outputs(moved)[kind]
   return np.abs(np.asarray(a) - np.asarray(b)).max(-1) > 1e-5
 
 
 def test_a_spatial_block_sees_only_its_own_frame(stage_outputs):
-  x = _tokens()
-  moved = stage_outputs["spatial"](_nudge(x, (slice(None), 1, 2)))  # one token of frame 1
-  changed = _changed(stage_outputs["spatial"](x), moved)
+  changed = _changed(stage_outputs, "spatial", (slice(None), 1, 2))  # a token of frame 1
   assert changed[:, 1].all()  # every token of frame 1 attends to it
   assert not changed[:, [0, 2]].any()  # no token of another frame does
 
 
 def test_a_temporal_block_sees_only_its_own_patch_position(stage_outputs):
-  x = _tokens()
-  moved = stage_outputs["temporal"](_nudge(x, (slice(None), 0, 2)))  # patch 2 of frame 0
-  changed = _changed(stage_outputs["temporal"](x), moved)
+  changed = _changed(stage_outputs, "temporal", (slice(None), 0, 2))  # patch 2 of frame 0
   assert changed[:, :, 2].all()  # patch 2 in every frame attends to it
   assert not changed[:, :, [0, 1, 3]].any()
 
 
 def test_a_full_block_sees_every_token_of_its_clip_only(stage_outputs):
-  x = _tokens()
-  moved = stage_outputs["full"](_nudge(x, (0, 0, 0)))
-  changed = _changed(stage_outputs["full"](x), moved)
+  changed = _changed(stage_outputs, "full", (0, 0, 0))
   assert changed[0].all() and not changed[1].any()  # the other clip is untouched
 
 
@@ -133,12 +136,6 @@ def test_a_whole_model_of_one_kind_keeps_frames_or_patch_positions_apart(pattern
   else:
     assert diff[:, 0:4, 0:4].max((1, 2)).min() > 1e-5  # patch 0 of every frame
     assert max(diff[:, 4:].max(), diff[:, :4, 4:].max()) < 1e-6
-
-
-def test_prediction_has_the_clip_shape_in_float32():
-  _, model_def, params = _predformer("full", "", 1)
-  out = jax.jit(lambda v: model_def.bind(params)(v))(jnp.zeros((2, 3, 8, 8, 1)))
-  assert out.shape == (2, 3, 8, 8, 1) and out.dtype == jnp.float32
 
 
 # --- frame_prediction: the loss ------------------------------------------------------------
@@ -164,6 +161,7 @@ def test_frame_prediction_loss_is_the_future_frames_mse_like_numpy(predformer_ts
             objective.reconstructions(p, {"video": v}, None, **kw)["reconstructions"])
 
   (loss, metrics), pred, pictures = run(params, video)
+  assert pred.shape == (2, 3, 8, 8, 1) and pred.dtype == jnp.float32  # as many as it saw
   frames = video.astype(np.float64) / 255
   pred = np.asarray(pred, np.float64)[:, :2]  # the first 2 predicted frames are scored
   np.testing.assert_allclose(loss, np.mean((pred - frames[:, 3:]) ** 2), rtol=1e-5)
@@ -199,6 +197,9 @@ def test_paper_sizes_build_abstractly_with_the_paper_param_count(variant):
 def _train(tmp_path, recipe: str, variant: str, steps: int) -> list[dict]:
   args = [f"--config.train.steps={steps}", "--config.train.log_every=1",
           f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}",
+          "--config.train.eval_steps=1",
+          # A nominal peak: measuring this CPU's matmul peak for MFU costs ~2 s per run.
+          "--config.train.peak_flops_per_device=1e11",
           "--config.optim.warmup_steps=2"]
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:{variant}",
                         f"--workdir={tmp_path}", *args]) == 0
@@ -273,7 +274,7 @@ def video_nbp():
       "model": {"patch_size": (4, 4), "codebook_size": 10, "max_len": 12}})
   cfg = TransformerConfig(vocab_size=128, num_layers=2, d_model=16, num_heads=2, d_ff=32,
                           max_len=12)
-  return (config, *build(TextTransformer, cfg))
+  return (config, *_random_model(TextTransformer, cfg))
 
 
 def _video_batch(seed: int = 0):
