@@ -115,6 +115,15 @@ class NextBlockVideo(NextBlock):
       raise ValueError(f"model.max_len={config.model.max_len} < data.num_frames x tokens "
                        f"per frame = {length}")
 
+  def loss_fn(self, params, batch, rng, *, model, config):
+    """Next-block cross-entropy, plus `copy_accuracy`: how often the token at the same place
+    of the current frame is already the target (a static scene's score, the bar to clear)."""
+    loss, metrics = super().loss_fn(params, batch, rng, model=model, config=config)
+    targets, weights = next_token_targets(batch["tokens"], batch["segment_ids"],
+                                          self.block_size(config))
+    same = (batch["tokens"] == targets).astype(jnp.float32)
+    return loss, {**metrics, "copy_accuracy": base.weighted_mean(same, weights)}
+
   def codebook(self, config) -> np.ndarray:
     """(codebook_size, patch^2 C) centroids, fitted on the training clips once, cached."""
     return patch_codebook.fitted_codebook(

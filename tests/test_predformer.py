@@ -318,6 +318,8 @@ def test_video_next_block_loss_matches_numpy(video_nbp):
   np.testing.assert_allclose(loss, ce.mean(), rtol=1e-5)
   hits = np.asarray(logits)[:, :8].argmax(-1) == batch["tokens"][:, 4:]
   np.testing.assert_allclose(metrics["accuracy"], hits.mean(), rtol=1e-6)
+  copies = batch["tokens"][:, :8] == batch["tokens"][:, 4:]
+  np.testing.assert_allclose(metrics["copy_accuracy"], copies.mean(), rtol=1e-6)
 
 
 def test_tiny_video_recipe_trains_through_main(tmp_path):
