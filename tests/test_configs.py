@@ -47,6 +47,8 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
             + [("cae", v) for v in ("tiny", "B/16")]
+            + [("videomae", v) for v in ("tiny", "B", "g")]
+            + [("vitok", v) for v in ("tiny", "tiny_video", "S-B/16", "S-B/4x8")]
             + [("predformer", v) for v in ("tiny", "mmnist", "mmnist_full", "mmnist_factorized")]
             + [("next_block", "tiny_video")])
 
