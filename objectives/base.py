@@ -46,6 +46,7 @@ class DataInfo:
   image_shape: tuple[int, ...] = ()  # (H, W, C)
   series_shape: tuple[int, ...] = ()  # (context_len, horizon, resolution ids)
   audio_shape: tuple[int, ...] = ()  # (frames, mel_bins) of a spectrogram clip
+  video_shape: tuple[int, ...] = ()  # (T, H, W, C)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, Tagging
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
+from models.predformer import PredFormer, PredFormerConfig
 from models.point_mae import PointMAE, PointMAEConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
@@ -22,6 +23,7 @@ from models.vit import MAE, ViTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from models.vit_pretext import PositionPredictor, SiT, SiTConfig
 from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
+from models.video_vit import VideoMAE, ViTok, ViTokConfig
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
@@ -391,3 +393,81 @@ class FrameTransformerBuilder:
 
 MODELS.register("ssast")(SsastBuilder())
 MODELS.register("frame_transformer")(FrameTransformerBuilder())
+
+
+class TubeBuilder(MaeBuilder):
+  """ViT models over patches of images or tubes of videos (`model.patch_size` or the
+  variant's, e.g. vit:B/2x16x16, one side per axis of the data): the input shape comes from
+  `DataInfo.video_shape` (or `image_shape`), no cls token (VideoMAE and ViTok pool or keep
+  every patch token)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    shape = DataInfo(image_shape=info.video_shape or info.image_shape)
+    return dataclasses.replace(super().model_config(model_cfg, shape), use_cls_token=False)
+
+  def validate(self, model_cfg) -> None:
+    """Before any data is read: the config on an input of exactly one patch."""
+    patch = self.model_config(model_cfg, DataInfo(image_shape=(1, 1))).patch_size
+    self.model_config(model_cfg, DataInfo(image_shape=(*patch, 1))).validate()
+
+
+class VideoMaeBuilder(TubeBuilder):
+  """VideoMAE V2: the MAE encoder and a decoder over the visible latents plus a subset of
+  mask tokens (dual masking): `VideoMAE`."""
+
+  def build(self, cfg: ViTConfig, rngs):
+    return VideoMAE(cfg, rngs=rngs)
+
+
+class ViTokBuilder(TubeBuilder):
+  """ViTok: ViT encoder, linear bottleneck to `model.latent_channels` per token, ViT
+  decoder (the dec_* keys): `ViTok`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTokConfig:
+    vit = super().model_config(model_cfg, info)
+    return ViTokConfig(**dataclasses.asdict(vit), latent_channels=model_cfg.latent_channels)
+
+  def build(self, cfg: ViTokConfig, rngs):
+    return ViTok(cfg, rngs=rngs)
+
+
+MODELS.register("videomae")(VideoMaeBuilder())
+MODELS.register("vitok")(ViTokBuilder())
+
+
+
+
+class PredFormerBuilder:
+  """PredFormer (Tang et al. 2024): gated transformer blocks over frame patches, attending
+  as `model.st_attention` / `model.st_pattern` say; frames' size and channels come from the
+  data (`DataInfo.video_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> PredFormerConfig:
+    # Before data exists (validate), one single-channel frame of one patch stands in.
+    _, height, width, channels = info.video_shape or (1, *model_cfg.patch_size, 1)
+    return PredFormerConfig(
+        image_size=(height, width), patch_size=tuple(model_cfg.patch_size), channels=channels,
+        layout=model_cfg.st_attention, pattern=model_cfg.st_pattern, dtype=model_cfg.dtype,
+        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+        **{k: v for k, v in decode_size(model_cfg).items() if k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: PredFormerConfig, rngs):
+    return PredFormer(cfg, rngs=rngs)
+
+
+MODELS.register("predformer")(PredFormerBuilder())
+
+
+class PatchTokenTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` over video patch tokens (next_block_video): the vocabulary is the
+  k-means codebook of `model.codebook_size` patches (pretrain/data/patch_codebook.py)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("patch_token_transformer")(PatchTokenTransformerBuilder())

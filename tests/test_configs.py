@@ -52,7 +52,11 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("gmml", v) for v in ("tiny", "S/16")]
             + [("position_prediction", v) for v in ("tiny", "B/16")]
             + [("ssast", v) for v in ("tiny", "patch-base", "frame-base")]
-            + [("tera", v) for v in ("tiny", "base", "medium", "large")])
+            + [("tera", v) for v in ("tiny", "base", "medium", "large")]
+            + [("videomae", v) for v in ("tiny", "B", "g")]
+            + [("vitok", v) for v in ("tiny", "tiny_video", "S-B/16", "S-B/4x8")]
+            + [("predformer", v) for v in ("tiny", "mmnist", "mmnist_full", "mmnist_factorized")]
+            + [("next_block", "tiny_video")])
 
 
 def load(recipe: str, variant: str):

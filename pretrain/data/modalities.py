@@ -101,3 +101,4 @@ MODALITIES.register("text")(Text())
 MODALITIES.register("image")(Image())
 MODALITIES.register("series")(Series())
 from pretrain.data import audio  # noqa: E402,F401
+from pretrain.data import video  # noqa: E402,F401
