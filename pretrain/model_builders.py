@@ -9,21 +9,21 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
-from models.predformer import PredFormer, PredFormerConfig
 from models.point_mae import PointMAE, PointMAEConfig
+from models.predformer import PredFormer, PredFormerConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
-from models.vit import MAE, ViTConfig
-from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
-from models.vit_pretext import PositionPredictor, SiT, SiTConfig
-from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
 from models.video_vit import VideoMAE, ViTok, ViTokConfig
+from models.vit import MAE, ViTConfig
+from models.vit_pretext import PositionPredictor, SiT, SiTConfig
+from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
 
