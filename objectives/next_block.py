@@ -24,7 +24,7 @@ from models.vit import unpatchify
 from objectives import base
 from objectives.causal_lm import next_token_targets
 from objectives.frame_prediction import clip_strips
-from pretrain.data import patch_codebook
+from pretrain.data import patch_codebook, visual_tokens
 from pretrain.data.modalities import MODALITIES
 
 
@@ -81,7 +81,7 @@ class FrameTokens(grain.transforms.RandomMap):
     del rng
     patches = patch_codebook.frame_patches(example["video"], self.patch)
     length = len(patches)
-    return {"tokens": patch_codebook.nearest(patches, self.codebook),
+    return {"tokens": visual_tokens.nearest_code(patches, self.codebook),
             "segment_ids": np.ones(length, np.int32),
             "positions": np.arange(length, dtype=np.int32)}
 

@@ -18,7 +18,7 @@ from objectives.base import ModelDef
 from objectives.next_block import FrameTokens
 from pretrain import config as config_lib
 from pretrain import main as main_lib
-from pretrain.data import patch_codebook
+from pretrain.data import visual_tokens
 from pretrain.data.modalities import MODALITIES
 from pretrain.registry import MODELS, OBJECTIVES
 from pretrain.train import read_metrics
@@ -245,14 +245,13 @@ def test_kmeans_finds_separated_clusters_and_quantises_to_the_nearest():
   rng = np.random.default_rng(0)
   centres = np.array([[0.0, 0.0], [5.0, 5.0], [0.0, 9.0]])
   points = np.concatenate([c + 0.1 * rng.normal(size=(50, 2)) for c in centres])
-  codebook = patch_codebook.kmeans(points, 3, iters=10, seed=0)
+  codebook = visual_tokens.kmeans(points, 3, iters=10, seed=0)
   found = sorted(map(tuple, np.round(codebook).astype(int)))
   assert found == [(0, 0), (0, 9), (5, 5)]
   brute = np.square(points[:, None] - codebook[None]).sum(-1).argmin(1)
-  np.testing.assert_array_equal(patch_codebook.nearest(points.astype(np.float32), codebook),
-                                brute)
+  np.testing.assert_array_equal(visual_tokens.nearest_code(points, codebook), brute)
   # Fewer distinct points than centroids: still k finite centroids, every point exact.
-  same = patch_codebook.kmeans(np.zeros((10, 2)), 4, iters=2, seed=0)
+  same = visual_tokens.kmeans(np.zeros((10, 2)), 4, iters=2, seed=0)
   assert same.shape == (4, 2) and np.isfinite(same).all()
 
 

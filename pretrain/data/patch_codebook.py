@@ -20,6 +20,7 @@ import numpy as np
 
 from models.vit import patchify
 from pretrain.data.pipeline import cache_dir
+from pretrain.data.visual_tokens import kmeans
 
 FIT_CLIPS = 256  # training clips whose patches the codebook is fitted on
 KMEANS_ITERS = 20
@@ -31,38 +32,6 @@ def frame_patches(video: np.ndarray, patch: int) -> np.ndarray:
   """uint8 (T, H, W, C) -> float32 (T N, patch^2 C) in [0, 1]: frame by frame, each frame's
   patches in row-major order (`models.vit.patchify`'s layout)."""
   return patchify(video[None].astype(np.float32) / 255.0, (1, patch, patch))[0]
-
-
-def nearest(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-  """(M, P), (K, P) -> int32 (M,): index of each point's nearest centroid (squared L2)."""
-  d2 = (np.square(centroids).sum(1)[None, :] - 2.0 * points @ centroids.T)  # + |x|^2
-  return d2.argmin(1).astype(np.int32)
-
-
-def kmeans(points: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
-  """Lloyd's k-means from k-means++ seeds (Arthur & Vassilvitskii 2007) -> (k, P) float32.
-  A centroid left without points moves to the point farthest from its own centroid."""
-  rng = np.random.default_rng(seed)
-  points = points.astype(np.float32)
-  centroids = [points[rng.integers(len(points))]]
-  d2 = np.square(points - centroids[0]).sum(1)
-  for _ in range(1, k):
-    # Fewer distinct points than k: every distance is 0, any point will do.
-    probs = d2 / d2.sum() if d2.sum() > 0 else None
-    centroids.append(points[rng.choice(len(points), p=probs)])
-    d2 = np.minimum(d2, np.square(points - centroids[-1]).sum(1))
-  centroids = np.stack(centroids)
-  for _ in range(iters):
-    ids = nearest(points, centroids)
-    counts = np.bincount(ids, minlength=k)
-    sums = np.zeros_like(centroids)
-    np.add.at(sums, ids, points)
-    empty = counts == 0
-    centroids[~empty] = sums[~empty] / counts[~empty, None]
-    if empty.any():
-      error = np.square(points - centroids[ids]).sum(1)
-      centroids[empty] = points[np.argsort(-error)[:empty.sum()]]
-  return centroids
 
 
 def fitted_codebook(config, read_train_source: Callable[[], Any]) -> np.ndarray:

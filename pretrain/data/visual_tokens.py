@@ -40,23 +40,30 @@ def nearest_code(vectors: np.ndarray, codebook: np.ndarray) -> np.ndarray:
   return ids.reshape(vectors.shape[:-1])
 
 
-def kmeans(vectors: np.ndarray, num_codes: int, iters: int, seed: int) -> np.ndarray:
-  """Lloyd's k-means on (M, P) vectors -> (num_codes, P) float32 codebook. Initialised
-  with `num_codes` distinct vectors drawn with `seed`; a code left without members keeps
-  its place."""
-  vectors = np.asarray(vectors, np.float32)
-  if len(vectors) < num_codes:
-    raise ValueError(f"{len(vectors)} patch vectors cannot fit {num_codes} codes")
+def kmeans(points: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
+  """Lloyd's k-means from k-means++ seeds (Arthur & Vassilvitskii 2007) -> (k, P) float32.
+  A centroid left without points moves to the point farthest from its own centroid."""
   rng = np.random.default_rng(seed)
-  codebook = vectors[rng.choice(len(vectors), num_codes, replace=False)].copy()
+  points = points.astype(np.float32)
+  centroids = [points[rng.integers(len(points))]]
+  d2 = np.square(points - centroids[0]).sum(1)
+  for _ in range(1, k):
+    # Fewer distinct points than k: every distance is 0, any point will do.
+    probs = d2 / d2.sum() if d2.sum() > 0 else None
+    centroids.append(points[rng.choice(len(points), p=probs)])
+    d2 = np.minimum(d2, np.square(points - centroids[-1]).sum(1))
+  centroids = np.stack(centroids)
   for _ in range(iters):
-    ids = nearest_code(vectors, codebook)
-    counts = np.bincount(ids, minlength=num_codes)
-    sums = np.zeros_like(codebook)
-    np.add.at(sums, ids, vectors)
-    filled = counts > 0
-    codebook[filled] = sums[filled] / counts[filled, None]
-  return codebook
+    ids = nearest_code(points, centroids)
+    counts = np.bincount(ids, minlength=k)
+    sums = np.zeros_like(centroids)
+    np.add.at(sums, ids, points)
+    empty = counts == 0
+    centroids[~empty] = sums[~empty] / counts[~empty, None]
+    if empty.any():
+      error = np.square(points - centroids[ids]).sum(1)
+      centroids[empty] = points[np.argsort(-error)[:empty.sum()]]
+  return centroids
 
 
 def reconstruction_error(vectors: np.ndarray, codebook: np.ndarray) -> float:
