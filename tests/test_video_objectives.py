@@ -43,20 +43,32 @@ def _np_patchify(x, patch):
 # --- tube and dual masking ------------------------------------------------------------------
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _masks(seed, batch, grid, mask_ratio, kind):
+  """What the objective draws from step rng key(seed) at decoder_mask_ratio 0.5: keep_idx,
+  hidden, the decoder's K targets, and the running cell's offsets."""
+  keep_rng, target_rng = jax.random.split(jax.random.key(seed))
+  keep_idx, hidden = videomae.tube_keep(keep_rng, batch, grid, mask_ratio)
+  _, k = videomae.sizes(grid, mask_ratio, 0.5)
+  targets = videomae.decoder_targets(target_rng, hidden, grid, 0.5, kind)[:, :k]
+  offset = jax.random.randint(jax.random.split(target_rng)[1], (batch,), 0, 4)
+  return keep_idx, hidden, targets, offset
+
+
 def test_tube_mask_hides_the_same_positions_in_every_time_slice():
   grid, spatial = (4, 4, 4), 16
-  keep_idx, hidden = map(np.asarray, videomae.tube_keep(jax.random.key(0), 5, grid, 0.9))
-  assert keep_idx.shape == (5, 4 * 2)  # 16 - int(0.9 * 16) = 2 kept per slice
-  per_slice = hidden.reshape(5, 4, spatial)
+  keep_idx, hidden, _, _ = map(np.asarray, _masks(0, 3, grid, 0.75, "running_cell"))
+  assert keep_idx.shape == (3, 4 * 4)  # 16 - int(0.75 * 16) = 4 kept per slice
+  per_slice = hidden.reshape(3, 4, spatial)
   assert (per_slice == per_slice[:, :1]).all()  # one spatial mask for all slices
-  assert (per_slice.sum(-1) == 14).all()
+  assert (per_slice.sum(-1) == 12).all()
   for k, h in zip(keep_idx, hidden):
     assert sorted(k) == list(np.flatnonzero(h == 0))
   assert len({tuple(np.flatnonzero(h[:spatial])) for h in hidden}) > 1  # random per video
 
 
 def test_running_cell_shows_half_of_each_cell_shifting_in_time():
-  shown = np.asarray(videomae.running_cell(jnp.array([0, 3]), (4, 2, 2), 0.5))
+  shown = np.asarray(videomae.running_cell(np.array([0, 3]), (4, 2, 2), 0.5))
   cells = shown.reshape(2, 4, 4)  # (videos, slices, the 4 positions of the one 2x2 cell)
   assert (cells.sum(-1) == 2).all()
   np.testing.assert_array_equal(cells[0, 1], np.roll(cells[0, 0], -1))  # shifted by one
@@ -64,14 +76,12 @@ def test_running_cell_shows_half_of_each_cell_shifting_in_time():
 
 
 @pytest.mark.parametrize("kind", videomae.DECODER_MASKINGS)
-@pytest.mark.parametrize("grid", [(4, 4, 4), (2, 4, 6)])
-def test_decoder_targets_are_hidden_tubes_of_the_configured_number(kind, grid):
-  keep_rng, target_rng = jax.random.split(jax.random.key(1))
-  _, hidden = videomae.tube_keep(keep_rng, 6, grid, 0.75)
+def test_decoder_targets_are_hidden_tubes_of_the_configured_number(kind):
+  # 2 time slices: the running cell does not show exactly K hidden tubes; still K targets.
+  grid = (2, 4, 6)
+  _, hidden, targets, _ = map(np.asarray, _masks(1, 3, grid, 0.75, kind))
   visible, k = videomae.sizes(grid, 0.75, 0.5)
-  assert k == (np.prod(grid) - visible) // 2
-  targets = np.asarray(videomae.decoder_targets(target_rng, hidden, grid, 0.5, kind)[:, :k])
-  hidden = np.asarray(hidden)
+  assert k == (np.prod(grid) - visible) // 2 and targets.shape == (3, k)
   for t, h in zip(targets, hidden):
     assert len(set(t)) == k and h[t].all()  # k distinct, all hidden from the encoder
 
@@ -79,14 +89,10 @@ def test_decoder_targets_are_hidden_tubes_of_the_configured_number(kind, grid):
 def test_running_cell_targets_are_exactly_the_cells_hidden_tubes_in_the_paper_setting():
   # A multiple of 4 time slices at 50%: the cell shows exactly K hidden tubes.
   grid = (4, 4, 4)
-  keep_rng, target_rng = jax.random.split(jax.random.key(2))
-  _, hidden = videomae.tube_keep(keep_rng, 3, grid, 0.75)
-  _, k = videomae.sizes(grid, 0.75, 0.5)
-  targets = videomae.decoder_targets(target_rng, hidden, grid, 0.5, "running_cell")[:, :k]
-  offset = jax.random.randint(jax.random.split(target_rng)[1], (3,), 0, 4)
-  shown = np.asarray(videomae.running_cell(offset, grid, 0.5)) & (np.asarray(hidden) > 0)
-  assert (shown.sum(1) == k).all()
-  for t, s in zip(np.asarray(targets), shown):
+  _, hidden, targets, offset = map(np.asarray, _masks(2, 3, grid, 0.75, "running_cell"))
+  shown = videomae.running_cell(offset, grid, 0.5) & (hidden > 0)
+  assert (shown.sum(1) == targets.shape[1]).all()
+  for t, s in zip(targets, shown):
     assert sorted(t) == list(np.flatnonzero(s))
 
 
@@ -118,7 +124,7 @@ def _videomae_config(norm_pix_loss=True, masking="random"):
       norm_pix_loss=norm_pix_loss)})
 
 
-def test_videomae_loss_matches_numpy(videomae_model):
+def test_videomae_loss_matches_numpy_and_the_decoder_reads_only_its_inputs(videomae_model):
   model, params = videomae_model
   video = np.random.default_rng(0).integers(0, 256, (3, 4, 8, 8, 2), dtype=np.uint8)
   rng = jax.random.key_data(jax.random.key(3))
@@ -126,29 +132,21 @@ def test_videomae_loss_matches_numpy(videomae_model):
   loss, _ = jax.jit(functools.partial(videomae.VideoMAEV2().loss_fn, model=model,
                                       config=config))(params, {"video": video}, rng)
   # Independent: same masks, the model's own prediction, the target by hand in float64.
-  mask_rng, target_rng = jax.random.split(jax.random.wrap_key_data(rng))
-  keep_idx, hidden = videomae.tube_keep(mask_rng, 3, (2, 2, 2), 0.5)
-  targets = videomae.decoder_targets(target_rng, hidden, (2, 2, 2), 0.5, "random")[:, :2]
+  keep_idx, hidden, targets, _ = map(np.asarray, _masks(3, 3, (2, 2, 2), 0.5, "random"))
   patches = _np_patchify(video.astype(np.float64) / 255, (2, 4, 4))  # (3, 8, 64)
-  pred = np.asarray(jax.jit(lambda p, x: _decode(model.bind(p), x, keep_idx, targets))(
-      params, jnp.asarray(patches, jnp.float32)), np.float64)
-  target = np.take_along_axis(patches, np.asarray(targets)[..., None], 1)
+  decode = jax.jit(lambda p, x: _decode(model.bind(p), x, keep_idx, targets))
+  pred = np.asarray(decode(params, patches.astype(np.float32)), np.float64)
+  target = np.take_along_axis(patches, targets[..., None], 1)
   per_channel = target.reshape(3, 2, 32, 2)
   mean, var = per_channel.mean(2, keepdims=True), per_channel.var(2, keepdims=True)
   target = ((per_channel - mean) / np.sqrt(var + 1e-6)).reshape(3, 2, 64)
   assert pred.shape == (3, 2, 64)  # 4 hidden tubes, the decoder rebuilds 2
   np.testing.assert_allclose(loss, np.mean((pred - target) ** 2), rtol=1e-5)
-
-
-def test_videomae_decoder_reads_only_the_visible_latents_and_its_targets(videomae_model):
-  """A target's prediction does not change when other hidden tubes' pixels change."""
-  model, params = videomae_model
-  patches = jax.random.uniform(jax.random.key(4), (2, 8, 64))
-  patches = patches.at[1].set(patches[0].at[3].set(0.0))  # tube 3: hidden, not a target
-  decode = jax.jit(lambda p, x: _decode(model.bind(p), x, jnp.array([[0, 4]] * 2),
-                                        jnp.array([[1, 2]] * 2)))
-  pred = np.asarray(decode(params, patches))
-  np.testing.assert_allclose(pred[0], pred[1], rtol=1e-6)
+  # The other hidden tubes reach neither encoder nor decoder: blanking one changes nothing.
+  other = [np.setdiff1d(np.flatnonzero(h), t)[0] for h, t in zip(hidden, targets)]
+  blanked = patches.copy()
+  blanked[np.arange(3), other] = 0.0
+  np.testing.assert_allclose(decode(params, blanked.astype(np.float32)), pred, rtol=1e-5)
 
 
 def test_videomae_reconstructions_keep_the_visible_tubes(videomae_model):
@@ -184,12 +182,12 @@ def test_vitok_code_is_tokens_by_channels_and_the_l1_loss_matches_numpy():
       params, jnp.asarray(patches, jnp.float32))
   assert code.shape == (2, 8, 3) and VITOK_TINY.latent_floats == 24
   pred = np.asarray(pred, np.float64)
-  for kind, want in (("l1", np.abs(pred - patches).mean()),
-                     ("l2", np.square(pred - patches).mean())):
-    config = ml_collections.ConfigDict({"objective": {"recon_loss": kind}})
-    loss, _ = jax.jit(functools.partial(vitok.ViTokVideo().loss_fn, model=model,
-                                        config=config))(params, {"video": video}, None)
-    np.testing.assert_allclose(loss, want, rtol=1e-5)
+  config = ml_collections.ConfigDict({"objective": {"recon_loss": "l1"}})
+  loss, _ = jax.jit(functools.partial(vitok.ViTokVideo().loss_fn, model=model,
+                                      config=config))(params, {"video": video}, None)
+  np.testing.assert_allclose(loss, np.abs(pred - patches).mean(), rtol=1e-5)
+  l2 = vitok.reconstruction_loss(jnp.asarray(pred), jnp.asarray(patches), "l2")
+  np.testing.assert_allclose(l2, np.square(pred - patches).mean(), rtol=1e-5)
   config.objective.recon_loss = "l3"
   with pytest.raises(ValueError, match="objective.recon_loss='l3'; valid: l1, l2"):
     vitok.ViTokVideo().validate(config)
@@ -229,21 +227,20 @@ def test_vitok_paper_size_has_the_paper_param_count(variant, shape):
 # --- end to end -------------------------------------------------------------------------------
 
 
-def _run_main(tmp, recipe, *args):
+def _run_main(tmp, recipe):
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}", f"--workdir={tmp}",
                         "--config.train.steps=20", "--config.train.log_every=2",
-                        "--config.optim.warmup_steps=2", "--config.train.eval_every=20",
-                        "--config.train.eval_steps=1", "--config.train.checkpoint_every=20",
-                        "--config.train.peak_flops_per_device=1e11", *args]) == 0
+                        "--config.optim.warmup_steps=2", "--config.train.eval_every=0",
+                        "--config.train.checkpoint_every=20",
+                        "--config.train.peak_flops_per_device=1e11"]) == 0
   curve = [r["loss"] for r in read_metrics(str(tmp)) if "loss" in r]
   assert np.mean(curve[-3:]) < 0.7 * np.mean(curve[:2]), curve
 
 
 def test_videomae_tiny_trains_on_real_clips_through_main(tmp_path):
   _run_main(tmp_path, "videomae.py:tiny")
-  assert (tmp_path / "reconstructions" / "step_20.png").exists()
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny_video"])
-def test_vitok_tiny_trains_through_main(tmp_path, variant):
-  _run_main(tmp_path, f"vitok.py:{variant}")
+def test_vitok_tiny_trains_on_images_through_main(tmp_path):
+  # vitok_video differs only in reading batch["video"]: its loss is checked above.
+  _run_main(tmp_path, "vitok.py:tiny")
