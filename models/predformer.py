@@ -26,7 +26,6 @@ LayerNorm, as every `GatedTransformer` of the released code does.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -36,14 +35,14 @@ from models.layers import Dense, LayerNorm, sinusoidal_positions
 from models.partitioning import constrain
 from models.transformer import (ACT, DTYPES, REMAT, BlockConfig, TransformerStack,
                                 check_choice, stack_flops_per_token)
-from models.vit import _grid, patchify, unpatchify
+from models.vit import PatchGeometry, _grid, patchify, unpatchify
 
 LAYOUTS = ("full", "factorized", "interleaved")
 KINDS = {"S": "spatial", "T": "temporal"}  # pattern letters -> attention kinds
 
 
 @dataclasses.dataclass(frozen=True)
-class PredFormerConfig:
+class PredFormerConfig(PatchGeometry):
   image_size: tuple[int, ...]  # (H, W) of a frame
   patch_size: tuple[int, ...]
   d_model: int
@@ -58,18 +57,6 @@ class PredFormerConfig:
   init_std: float = 0.02
   scan_layers: bool = False
   remat: str = "none"
-
-  @property
-  def grid(self) -> tuple[int, ...]:
-    return _grid(tuple(self.image_size), tuple(self.patch_size))
-
-  @property
-  def num_patches(self) -> int:
-    return math.prod(self.grid)
-
-  @property
-  def patch_dim(self) -> int:
-    return math.prod(self.patch_size) * self.channels
 
   @property
   def block(self) -> BlockConfig:

@@ -58,8 +58,24 @@ def sincos_grid_positions(grid: tuple[int, ...], dim: int) -> jax.Array:
   return jnp.concatenate(parts, axis=-1)  # (N, dim)
 
 
+class PatchGeometry:
+  """Patch-grid properties of a config with image_size, patch_size and channels fields."""
+
+  @property
+  def grid(self) -> tuple[int, ...]:
+    return _grid(tuple(self.image_size), tuple(self.patch_size))
+
+  @property
+  def num_patches(self) -> int:
+    return math.prod(self.grid)
+
+  @property
+  def patch_dim(self) -> int:
+    return math.prod(self.patch_size) * self.channels
+
+
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PatchGeometry):
   """ViT encoder (+ MAE decoder fields); sizes by name come from `models.variants`."""
   image_size: tuple[int, ...]
   patch_size: tuple[int, ...]
@@ -82,18 +98,6 @@ class ViTConfig:
   dec_d_ff: int = 2048
   scan_layers: bool = False
   remat: str = "none"
-
-  @property
-  def grid(self) -> tuple[int, ...]:
-    return _grid(tuple(self.image_size), tuple(self.patch_size))
-
-  @property
-  def num_patches(self) -> int:
-    return math.prod(self.grid)
-
-  @property
-  def patch_dim(self) -> int:
-    return math.prod(self.patch_size) * self.channels
 
   @property
   def num_prefix(self) -> int:
