@@ -178,6 +178,14 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.d_ff": "The teacher's model.d_ff (0 = its variant's).",
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
+    # image-text (pretrain/data/image_text.py; clip, alip, m3ae)
+    "data.text_len": "Image-text (data.source=emoji: 1,911 emoji PNGs with their names, pretrain/data/image_text.py): tokens per caption, [CLS] and [SEP] included (cut to fit, zero-padded).",
+    "model.embed_dim": "clip: width of the joint image-text embedding both towers project to (CLIP ViT-B/32: 512).",
+    "model.init_temperature": "clip: the learnable temperature's start (logit_scale = log(1 / it), scale clipped at 100; CLIP: 0.07).",
+    "model.text_d_ff": "clip: text tower MLP width.",
+    "model.text_d_model": "clip: text tower width (model.num_layers/d_model/... are the ViT's).",
+    "model.text_heads": "clip: text tower attention heads.",
+    "model.text_layers": "clip: text tower depth (causal, pooled at the end-of-text token).",
 }
 
 

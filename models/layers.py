@@ -100,12 +100,16 @@ class RMSNorm(nnx.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
-ACTIVATIONS = ("gelu", "gelu_exact", "swiglu")  # Mlp: tanh GELU, erf GELU, gated SiLU
+# Mlp: tanh GELU, erf GELU, gated SiLU, CLIP's x * sigmoid(1.702 x) (HF "quick_gelu").
+ACTIVATIONS = ("gelu", "gelu_exact", "swiglu", "quick_gelu")
 
 
 def gelu(x: jax.Array, activation: str) -> jax.Array:
   """GELU in the form `activation` names: erf for "gelu_exact" (HF's "gelu"), otherwise the
-  tanh approximation (GPT-2's "gelu_new"; also the MLM head transform of a SwiGLU model)."""
+  tanh approximation (GPT-2's "gelu_new"; also the MLM head transform of a SwiGLU model);
+  "quick_gelu" is CLIP's sigmoid approximation."""
+  if activation == "quick_gelu":
+    return x * jax.nn.sigmoid(1.702 * x)
   return jax.nn.gelu(x, approximate=activation != "gelu_exact")
 
 

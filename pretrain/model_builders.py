@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.clip import CLIP, CLIPConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
@@ -274,3 +275,32 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class ClipBuilder(MaeBuilder):
+  """CLIP's dual encoder: the `mae` model keys' ViT (with CLIP's pre-stack LayerNorm, no
+  decoder) and a causal text encoder of `model.text_*` sizes over `model.max_len` positions,
+  both projected to `model.embed_dim`: `CLIP`. Weights start at std width^-0.5 as CLIP's
+  (OpenAI clip/model.py: attention, class token and position tables), not BERT's 0.02,
+  which at small widths leaves the class token blind to the image at init."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> CLIPConfig:
+    text = TransformerConfig(
+        vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
+        num_layers=model_cfg.text_layers, d_model=model_cfg.text_d_model,
+        num_heads=model_cfg.text_heads, d_ff=model_cfg.text_d_ff, norm=model_cfg.norm,
+        activation=model_cfg.activation, dtype=model_cfg.dtype, ln_eps=model_cfg.ln_eps,
+        init_std=model_cfg.text_d_model ** -0.5, **stack_options(model_cfg))
+    vision = super().model_config(model_cfg, info)
+    vision = dataclasses.replace(vision, pre_norm=True, init_std=vision.d_model ** -0.5)
+    return CLIPConfig(vision=vision, text=text, embed_dim=model_cfg.embed_dim,
+                      init_temperature=model_cfg.init_temperature)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
+
+  def build(self, cfg: CLIPConfig, rngs):
+    return CLIP(cfg, rngs=rngs)
+
+
+MODELS.register("clip")(ClipBuilder())

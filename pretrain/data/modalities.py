@@ -100,3 +100,4 @@ class Series(Modality):
 MODALITIES.register("text")(Text())
 MODALITIES.register("image")(Image())
 MODALITIES.register("series")(Series())
+from pretrain.data import image_text  # noqa: E402,F401
