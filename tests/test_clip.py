@@ -255,7 +255,7 @@ def test_alip_gated_loss_matches_numpy():
 
 @pytest.mark.parametrize("recipe", ["clip", "alip"])
 def test_tiny_recipe_trains_through_main(tmp_path, recipe):
-  """20 steps of 32 pairs: the loss falls below chance (log 32 per InfoNCE term)."""
+  """20 steps of 32 pairs: the loss falls, and held-out pairs match better than chance."""
   assert main_lib.main([f"--config={ROOT}/configs/{recipe}.py:tiny", f"--workdir={tmp_path}",
                         "--config.train.steps=20", "--config.train.log_every=2",
                         "--config.train.eval_every=20", "--config.train.eval_steps=1",
@@ -265,9 +265,11 @@ def test_tiny_recipe_trains_through_main(tmp_path, recipe):
   # ALIP's gated loss moves with its gates: its ungated InfoNCE of the raw text must fall.
   key = "loss" if recipe == "clip" else "infonce_text"
   curve = [r[key] for r in records if "loss" in r]
-  assert np.mean(curve[-3:]) < math.log(32) - 0.1 and curve[-1] < curve[0], curve
+  assert np.mean(curve[-3:]) < np.mean(curve[:3]), curve
   assert all(r["mfu"] > 0 and "logit_scale" in r for r in records if "loss" in r)
-  assert any("eval_loss" in r for r in records)
+  # Held-out emoji: better than chance (log 32) at matching unseen images and captions.
+  held_out = [r[f"eval_{key}"] for r in records if f"eval_{key}" in r]
+  assert held_out and held_out[-1] < math.log(32) - 0.1, held_out
 
 
 @pytest.mark.parametrize("config_module", [clip_cfg, alip_cfg])
