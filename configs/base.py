@@ -179,8 +179,13 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
     # image-text (pretrain/data/image_text.py; clip, alip, m3ae)
+    "objective.image_loss_weight": "m3ae: weight of the masked-patch MSE in the loss.",
+    "objective.image_mask_ratio": "m3ae: fraction of image patches removed from the encoder and reconstructed (M3AE: 0.75).",
+    "objective.text_loss_weight": "m3ae: weight of the masked-token cross-entropy in the loss.",
+    "objective.text_mask_ratio": "m3ae: fraction of caption tokens BERT-masked (80% [MASK], 10% random, 10% kept; [CLS]/[SEP] never) and predicted (M3AE: 0.15).",
     "data.text_len": "Image-text (data.source=emoji: 1,911 emoji PNGs with their names, pretrain/data/image_text.py): tokens per caption, [CLS] and [SEP] included (cut to fit, zero-padded).",
     "model.embed_dim": "clip: width of the joint image-text embedding both towers project to (CLIP ViT-B/32: 512).",
+    "model.image_layer": "m3ae: blocks of the single stream before the image decoder reads it (the text head reads the last; M3AE's mim_layer).",
     "model.init_temperature": "clip: the learnable temperature's start (logit_scale = log(1 / it), scale clipped at 100; CLIP: 0.07).",
     "model.text_d_ff": "clip: text tower MLP width.",
     "model.text_d_model": "clip: text tower width (model.num_layers/d_model/... are the ViT's).",

@@ -15,6 +15,7 @@ from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
+from models.m3ae import M3AE, M3AEConfig
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
@@ -304,3 +305,24 @@ class ClipBuilder(MaeBuilder):
 
 
 MODELS.register("clip")(ClipBuilder())
+
+
+class M3aeBuilder(MaeBuilder):
+  """Single-stream M3AE: the `mae` model keys (encoder, image decoder) plus captions of up
+  to `model.max_len` tokens; the image decoder reads the stream after `model.image_layer`
+  blocks: `M3AE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> M3AEConfig:
+    vit = super().model_config(model_cfg, info)
+    return M3AEConfig(**dataclasses.asdict(vit), vocab_size=padded_vocab(info.vocab_size),
+                      text_len=model_cfg.max_len,
+                      image_layer=model_cfg.image_layer)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
+
+  def build(self, cfg: M3AEConfig, rngs):
+    return M3AE(cfg, rngs=rngs)
+
+
+MODELS.register("m3ae")(M3aeBuilder())

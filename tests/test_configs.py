@@ -46,7 +46,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("starbucks", v) for v in ("tiny", "base")]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
-            + [("cae", v) for v in ("tiny", "B/16")])
+            + [("cae", v) for v in ("tiny", "B/16")]
+            + [("clip", v) for v in ("tiny", "B/32")]
+            + [("alip", v) for v in ("tiny", "B/32")]
+            + [("m3ae", v) for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):
