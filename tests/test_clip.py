@@ -1,7 +1,8 @@
 """Image-text pretraining: the emoji image-caption data (pretrain/data/image_text.py), CLIP
 (global-batch InfoNCE with a learnable temperature: NumPy loss and gradient, eight devices =
-one) and ALIP (consistency-gated loss against NumPy); tiny recipes train through
-`pretrain.main`; paper configs have the paper's size."""
+one), ALIP (consistency-gated loss against NumPy) and M3AE (masked pixels + masked tokens
+against NumPy); tiny recipes train through `pretrain.main`; paper configs have the paper's
+size."""
 from __future__ import annotations
 
 import functools
@@ -16,11 +17,14 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from configs import alip as alip_cfg
 from configs import clip as clip_cfg
+from configs import m3ae as m3ae_cfg
 from models.clip import CLIP, LOGIT_SCALE_MAX
-from objectives import alip
+from models.m3ae import M3AE
+from objectives import alip, mae
 from objectives.base import DataInfo
 from pretrain import main as main_lib
 from pretrain.data import image_text
@@ -293,3 +297,112 @@ def test_bad_caption_length_is_a_config_error():
   with pytest.raises(ValueError, match="data.text_len=40"):
     OBJECTIVES.get("clip").validate(config)
   assert isinstance(config.data, ml_collections.ConfigDict)
+
+
+# --- M3AE ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_m3ae(emoji):
+  """(ModelDef, params, config, DataInfo) of the tiny M3AE recipe."""
+  config = m3ae_cfg.get_config("tiny")
+  tok = emoji[2]
+  info = DataInfo(seq_len=TEXT_LEN, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                  special_ids=tuple(int(i) for i in tok.special_ids),
+                  image_shape=(SIZE, SIZE, 3))
+  model_def, params = build(M3AE, MODELS.get("m3ae").model_config(config.model, info))
+  return model_def, params, config, info
+
+
+def test_m3ae_caption_masking_invariants(emoji, tiny_m3ae):
+  *_, config, info = tiny_m3ae
+  transform = OBJECTIVES.get("m3ae").host_transform(config, info)
+  example = emoji[0][11]
+  out = transform.random_map(example, np.random.default_rng(0))
+  again = transform.random_map(example, np.random.default_rng(0))
+  assert all(np.array_equal(out[k], again[k]) for k in out)  # deterministic in the rng
+  assert np.array_equal(out["image"], example["image"])
+  slots = out["masked_weights"] > 0
+  positions, ids = out["masked_positions"][slots], out["masked_ids"][slots]
+  assert slots.sum() >= 1 and np.array_equal(ids, example["tokens"][positions])
+  assert not np.isin(ids, info.special_ids).any()  # [CLS], [SEP], padding never masked
+  unmasked = np.setdiff1d(np.arange(TEXT_LEN), positions)
+  assert np.array_equal(out["inputs"][unmasked], example["tokens"][unmasked])
+  # Over many captions about 15% of the real tokens are chosen.
+  chosen = real = 0
+  for i in range(200):
+    ex = emoji[0][i]
+    o = transform.random_map(ex, np.random.default_rng(i))
+    chosen += (o["masked_weights"] > 0).sum()
+    real += (~np.isin(ex["tokens"], info.special_ids)).sum()
+  assert 0.1 < chosen / real < 0.3
+
+
+def test_m3ae_loss_matches_numpy(emoji, tiny_m3ae):
+  """loss = NumPy MSE over the removed patches + NumPy cross-entropy at the masked slots,
+  with the objective's weights; text reads the last block, pixels the `image_layer`-th."""
+  model_def, params, config, info = tiny_m3ae
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.objective.image_loss_weight, config.objective.text_loss_weight = 0.7, 1.3
+  objective = OBJECTIVES.get("m3ae")
+  transform = objective.host_transform(config, info)
+  rows = [transform.random_map(emoji[0][i], np.random.default_rng(i)) for i in (1, 90, 700)]
+  batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+  key = jax.random.key_data(jax.random.key(3))
+  loss, metrics = jax.jit(functools.partial(objective.loss_fn, model=model_def,
+                                            config=config))(params, batch, key)
+  net = model_def.bind(params)
+  image = np.asarray(batch["image"], np.float64) / 255
+  patches = image.reshape(3, 4, 6, 4, 6, 3).transpose(0, 1, 3, 2, 4, 5).reshape(3, 16, 108)
+  keep_idx, hidden = mae.random_keep(jax.random.wrap_key_data(key), 3, 16, 0.75)
+  hidden = np.asarray(hidden)
+  assert hidden.sum() == 3 * 12
+  latent, text = net.encode_pair(jnp.asarray(patches, jnp.float32), keep_idx, batch["inputs"])
+  pred = np.asarray(net.decode(latent, keep_idx, 16), np.float64)
+  mse = (((pred - patches) ** 2).mean(-1) * hidden).sum() / hidden.sum()
+  slots = np.asarray(batch["masked_positions"])
+  logits = np.asarray(net.text_logits(jnp.take_along_axis(text, slots[..., None], 1)))
+  weights = np.asarray(batch["masked_weights"])
+  xent = (np_cross_entropy(logits, np.asarray(batch["masked_ids"])) * weights).sum() / weights.sum()
+  np.testing.assert_allclose(metrics["image_loss"], mse, rtol=1e-4)
+  np.testing.assert_allclose(metrics["text_loss"], xent, rtol=1e-5)
+  np.testing.assert_allclose(loss, 0.7 * mse + 1.3 * xent, rtol=1e-5)
+  # Padding is never attended: the states of real tokens ignore what the padding holds.
+  padded = batch["inputs"].at[:, -1].set(0)
+  assert (np.asarray(batch["inputs"])[:, -1] == 0).all()
+  _, text_again = net.encode_pair(jnp.asarray(patches, jnp.float32), keep_idx, padded)
+  np.testing.assert_allclose(text_again, text, rtol=1e-6)
+
+
+def test_m3ae_tiny_trains_through_main_and_draws_reconstructions(tmp_path):
+  assert main_lib.main([f"--config={ROOT}/configs/m3ae.py:tiny", f"--workdir={tmp_path}",
+                        "--config.train.steps=16", "--config.train.log_every=2",
+                        "--config.train.eval_every=16", "--config.train.eval_steps=1",
+                        "--config.train.checkpoint_every=16",
+                        "--config.train.peak_flops_per_device=1e11"]) == 0
+  records = read_metrics(str(tmp_path))
+  for key in ("image_loss", "text_loss"):
+    curve = [r[key] for r in records if "loss" in r]
+    assert np.mean(curve[-2:]) < np.mean(curve[:2]), (key, curve)
+  assert all(r["mfu"] > 0 for r in records if "loss" in r)
+  grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_16.png"))
+  assert grid.shape[1:] == (3 * (SIZE + 1) + 1, 3) and grid.std() > 10
+
+
+def test_m3ae_paper_encoder_is_vit_b16():
+  """The single stream's image path (patch embedding, class token, 12 blocks) is ViT-B/16:
+  86M params (Dosovitskiy et al. 2021, Table 1); the paper reports no total for M3AE."""
+  config = m3ae_cfg.get_config("B/16")
+  builder = MODELS.get("m3ae")
+  cfg = builder.model_config(config.model, DataInfo(vocab_size=config.data.vocab_size,
+                                                    image_shape=(288, 288, 3)))
+  with nnx.use_eager_sharding(False):
+    net = nnx.eval_shape(lambda: builder.build(cfg, nnx.Rngs(0)))
+
+  def count(*modules):
+    return sum(x.size for m in modules for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+  encoder = count(net.encoder, net.upper)
+  assert abs(encoder / 86e6 - 1) < 0.02, encoder
+  assert (cfg.num_patches, cfg.image_layer, cfg.dec_d_model, cfg.dec_layers) == (324, 9, 384, 4)
+  assert len(net.encoder.stack.blocks) + len(net.upper.blocks) == 12
