@@ -126,18 +126,23 @@ def test_clip_loss_and_temperature_gradient_match_numpy(emoji, tiny_clip):
   model_def, params, config = tiny_clip
   batch = _batch(emoji[0], [3, 50, 400, 900, 1300, 1700])
   objective = OBJECTIVES.get("clip")
-  loss_fn = jax.jit(functools.partial(objective.loss_fn, model=model_def, config=config))
-  net = model_def.bind(params)
-  image_emb = net.embed_images(batch["image"].astype(jnp.float32) / 255)
-  text_emb = net.embed_texts(batch["tokens"])
+
+  @jax.jit
+  def run(scale):
+    """(loss, metrics, d loss / d logit_scale, image and text embeddings) at `scale`."""
+    def loss(s):
+      return objective.loss_fn({**params, "logit_scale": s}, batch, None, model=model_def,
+                               config=config)
+    (value, metrics), grad = jax.value_and_grad(loss, has_aux=True)(scale)
+    net = model_def.bind(params)
+    return (value, metrics, grad, net.embed_images(batch["image"].astype(jnp.float32) / 255),
+            net.embed_texts(batch["tokens"]))
+
   for scale in (0.0, math.log(1 / 0.07), 5.0):  # 5 > log 100: clipped, no gradient
-    p = {**params, "logit_scale": jnp.float32(scale)}
-    loss, metrics = loss_fn(p, batch, None)
+    loss, metrics, grad, image_emb, text_emb = run(jnp.float32(scale))
     np.testing.assert_allclose(loss, np_clip_loss(image_emb, text_emb, scale), rtol=1e-5)
     np.testing.assert_allclose(metrics["logit_scale"], math.exp(min(scale, LOGIT_SCALE_MAX)),
                                rtol=1e-5)
-    grad = jax.grad(lambda s: loss_fn({**p, "logit_scale": s}, batch, None)[0])(
-        jnp.float32(scale))
     eps = 1e-4
     numeric = (np_clip_loss(image_emb, text_emb, scale + eps)
                - np_clip_loss(image_emb, text_emb, scale - eps)) / (2 * eps)
@@ -150,12 +155,15 @@ def test_clip_loss_and_temperature_gradient_match_numpy(emoji, tiny_clip):
 
 def test_clip_text_tower_is_causal_and_pools_the_end_token(tiny_clip):
   model_def, params, _ = tiny_clip
-  net = model_def.bind(params)
-  a = jnp.asarray([[2, 7, 9, 3, 0, 0], [2, 7, 9, 11, 12, 3]])
-  hidden = net.text(a)
+
+  @jax.jit
+  def run(p, tokens):
+    net = model_def.bind(p)
+    return net.text(tokens), net.text_features(tokens)
+
+  hidden, pooled = run(params, jnp.asarray([[2, 7, 9, 3, 0, 0], [2, 7, 9, 11, 12, 3]]))
   # Causal: the shared prefix [2, 7, 9] has the same states in both captions.
   np.testing.assert_allclose(hidden[0, :3], hidden[1, :3], rtol=1e-5, atol=1e-6)
-  pooled = net.text_features(a)
   np.testing.assert_allclose(pooled[0], hidden[0, 3], rtol=1e-6)
   np.testing.assert_allclose(pooled[1], hidden[1, 5], rtol=1e-6)
 
@@ -248,10 +256,6 @@ def test_alip_gated_loss_matches_numpy():
     np.testing.assert_allclose(metrics["next_objective_state"][k], means[k], rtol=1e-5)
   np.testing.assert_allclose(metrics["sample_gate"], w.mean(), rtol=1e-5)
   assert 0 < w.min() < 1 and w.max() == 1  # some samples are down-weighted, none up
-  # The gates carry no gradient: d loss / d caption comes from the caption's InfoNCE only.
-  grad = jax.grad(lambda c_: alip.alip_loss(jnp.asarray(v), jnp.asarray(t), c_, 0.3,
-                                            state)[0])(jnp.asarray(c, jnp.float32))
-  assert np.isfinite(grad).all()
 
 
 # --- end to end and paper sizes ------------------------------------------------------------
@@ -351,41 +355,50 @@ def test_m3ae_loss_matches_numpy(emoji, tiny_m3ae):
   key = jax.random.key_data(jax.random.key(3))
   loss, metrics = jax.jit(functools.partial(objective.loss_fn, model=model_def,
                                             config=config))(params, batch, key)
-  net = model_def.bind(params)
   image = np.asarray(batch["image"], np.float64) / 255
   patches = image.reshape(3, 4, 6, 4, 6, 3).transpose(0, 1, 3, 2, 4, 5).reshape(3, 16, 108)
   keep_idx, hidden = mae.random_keep(jax.random.wrap_key_data(key), 3, 16, 0.75)
   hidden = np.asarray(hidden)
   assert hidden.sum() == 3 * 12
-  latent, text = net.encode_pair(jnp.asarray(patches, jnp.float32), keep_idx, batch["inputs"])
-  pred = np.asarray(net.decode(latent, keep_idx, 16), np.float64)
-  mse = (((pred - patches) ** 2).mean(-1) * hidden).sum() / hidden.sum()
-  slots = np.asarray(batch["masked_positions"])
-  logits = np.asarray(net.text_logits(jnp.take_along_axis(text, slots[..., None], 1)))
+
+  @jax.jit
+  def predict(inputs):
+    """(predicted patches, text states, text logits at the masked slots)."""
+    net = model_def.bind(params)
+    latent, text = net.encode_pair(jnp.asarray(patches, jnp.float32), keep_idx, inputs)
+    picked = jnp.take_along_axis(text, batch["masked_positions"][..., None], 1)
+    return net.decode(latent, keep_idx, 16), text, net.text_logits(picked)
+
+  pred, text, logits = predict(batch["inputs"])
+  mse = (((np.asarray(pred, np.float64) - patches) ** 2).mean(-1) * hidden).sum() / hidden.sum()
   weights = np.asarray(batch["masked_weights"])
   xent = (np_cross_entropy(logits, np.asarray(batch["masked_ids"])) * weights).sum() / weights.sum()
   np.testing.assert_allclose(metrics["image_loss"], mse, rtol=1e-4)
   np.testing.assert_allclose(metrics["text_loss"], xent, rtol=1e-5)
   np.testing.assert_allclose(loss, 0.7 * mse + 1.3 * xent, rtol=1e-5)
-  # Padding is never attended: the states of real tokens ignore what the padding holds.
-  padded = batch["inputs"].at[:, -1].set(0)
-  assert (np.asarray(batch["inputs"])[:, -1] == 0).all()
-  _, text_again = net.encode_pair(jnp.asarray(patches, jnp.float32), keep_idx, padded)
-  np.testing.assert_allclose(text_again, text, rtol=1e-6)
+  # Padding is never attended: trimming padding leaves the real tokens' states unchanged.
+  inputs = np.asarray(batch["inputs"])
+  keep = int((inputs != 0).sum(1).max())
+  assert keep < TEXT_LEN
+  _, trimmed = jax.jit(lambda x: model_def.bind(params).encode_pair(
+      jnp.asarray(patches, jnp.float32), keep_idx, x))(batch["inputs"][:, :keep])
+  real = inputs[:, :keep] != 0
+  np.testing.assert_allclose(np.asarray(trimmed)[real], np.asarray(text)[:, :keep][real],
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_m3ae_tiny_trains_through_main_and_draws_reconstructions(tmp_path):
   assert main_lib.main([f"--config={ROOT}/configs/m3ae.py:tiny", f"--workdir={tmp_path}",
-                        "--config.train.steps=16", "--config.train.log_every=2",
-                        "--config.train.eval_every=16", "--config.train.eval_steps=1",
-                        "--config.train.checkpoint_every=16",
+                        "--config.train.steps=12", "--config.train.log_every=2",
+                        "--config.train.eval_every=12", "--config.train.eval_steps=1",
+                        "--config.train.checkpoint_every=12",
                         "--config.train.peak_flops_per_device=1e11"]) == 0
   records = read_metrics(str(tmp_path))
   for key in ("image_loss", "text_loss"):
     curve = [r[key] for r in records if "loss" in r]
     assert np.mean(curve[-2:]) < np.mean(curve[:2]), (key, curve)
   assert all(r["mfu"] > 0 for r in records if "loss" in r)
-  grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_16.png"))
+  grid = np.asarray(Image.open(tmp_path / "reconstructions" / "step_12.png"))
   assert grid.shape[1:] == (3 * (SIZE + 1) + 1, 3) and grid.std() > 10
 
 
