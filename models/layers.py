@@ -100,14 +100,18 @@ class RMSNorm(nnx.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
-# Mlp: tanh GELU, erf GELU, ReLU (T5 v1.0), gated SiLU, gated tanh GELU (T5 v1.1).
-ACTIVATIONS = ("gelu", "gelu_exact", "relu", "swiglu", "geglu")
+# Mlp: tanh GELU, erf GELU, CLIP's x * sigmoid(1.702 x) (HF "quick_gelu"), ReLU (T5 v1.0),
+# gated SiLU, gated tanh GELU (T5 v1.1).
+ACTIVATIONS = ("gelu", "gelu_exact", "quick_gelu", "relu", "swiglu", "geglu")
 GATED = {"swiglu": jax.nn.silu, "geglu": lambda x: jax.nn.gelu(x, approximate=True)}
 
 
 def gelu(x: jax.Array, activation: str) -> jax.Array:
   """GELU in the form `activation` names: erf for "gelu_exact" (HF's "gelu"), otherwise the
-  tanh approximation (GPT-2's "gelu_new"; also the MLM head transform of a SwiGLU model)."""
+  tanh approximation (GPT-2's "gelu_new"; also the MLM head transform of a SwiGLU model);
+  "quick_gelu" is CLIP's sigmoid approximation."""
+  if activation == "quick_gelu":
+    return x * jax.nn.sigmoid(1.702 * x)
   return jax.nn.gelu(x, approximate=activation != "gelu_exact")
 
 

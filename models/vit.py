@@ -15,7 +15,7 @@ from flax import nnx
 from models.layers import Dense, LearnedPositions, normal_param, sinusoidal_positions
 from models.partitioning import constrain
 from models.transformer import (ACT, DTYPES, BlockConfig, TransformerStack, check_choice,
-                                stack_flops_per_token)
+                                make_norm, stack_flops_per_token)
 
 
 def _grid(spatial: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
@@ -86,6 +86,7 @@ class ViTConfig(PatchGeometry):
   channels: int = 3
   pos_emb: str = "sincos"  # fixed per-axis sin-cos (MAE), "learned" or "none" (MP3)
   use_cls_token: bool = True
+  pre_norm: bool = False  # CLIP's LayerNorm on the embedded tokens before the stack
   norm: str = "pre"
   activation: str = "gelu"
   dtype: str = "float32"
@@ -166,6 +167,7 @@ class ViT(nnx.Module):
                 else None)
     self.cls_token = (normal_param(rngs, (1, 1, cfg.d_model), (None, None, "embed"),
                                    cfg.init_std) if cfg.use_cls_token else None)
+    self.pre_norm = make_norm(cfg.encoder_block) if cfg.pre_norm else None
     self.stack = TransformerStack(cfg.encoder_block, cfg.num_layers, rngs=rngs)
 
   def embed(self, patches: jax.Array, patch_idx: jax.Array,
@@ -184,6 +186,8 @@ class ViT(nnx.Module):
       cls = self.cls_token[...].astype(x.dtype)
       cls = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[2]))  # (B, 1, D)
       x = jnp.concatenate([cls, x], axis=1)
+    if self.pre_norm is not None:
+      x = self.pre_norm(x)
     return self.stack(x, mask=mask)
 
   def __call__(self, images: jax.Array) -> jax.Array:

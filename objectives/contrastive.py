@@ -22,6 +22,14 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True).clip(1e-12)
 
 
+def pair_losses(sim: jax.Array) -> jax.Array:
+  """(B, B) logits of paired rows (sim[i, i] the positives) -> (B,) per-pair symmetric
+  cross-entropy: half of row i's (a[i] picks b[i]) plus half of column i's (b[i] picks a[i]).
+  Their mean is InfoNCE; ALIP weights them per pair."""
+  labels = jnp.arange(sim.shape[0])
+  return 0.5 * (base.cross_entropy(sim, labels) + base.cross_entropy(sim.T, labels))
+
+
 def info_nce(a: jax.Array, b: jax.Array, temperature: float | jax.Array):
   """Symmetric InfoNCE of paired rows a[i] <-> b[i] (B, D), in-batch negatives, on cosine
   similarity / temperature -> (loss, accuracy of picking the true partner).
@@ -29,9 +37,7 @@ def info_nce(a: jax.Array, b: jax.Array, temperature: float | jax.Array):
   `temperature` may be a traced scalar, e.g. CLIP's learnable `exp(-log_scale)`."""
   sim = l2_normalize(a) @ l2_normalize(b).T / temperature  # (B, B) over the global batch
   labels = jnp.arange(sim.shape[0])
-  loss = 0.5 * (base.cross_entropy(sim, labels).mean()
-                + base.cross_entropy(sim.T, labels).mean())
-  return loss, (jnp.argmax(sim, -1) == labels).astype(jnp.float32).mean()
+  return pair_losses(sim).mean(), (jnp.argmax(sim, -1) == labels).astype(jnp.float32).mean()
 
 
 def validate_temperature(objective_cfg, key: str = "contrastive_temperature") -> None:

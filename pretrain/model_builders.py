@@ -10,11 +10,13 @@ import dataclasses
 
 from models import variants
 from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
+from models.clip import CLIP, CLIPConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
+from models.m3ae import M3AE, M3AEConfig
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
 from models.point_mae import PointMAE, PointMAEConfig
 from models.predformer import PredFormer, PredFormerConfig
@@ -471,3 +473,53 @@ class PatchTokenTransformerBuilder(TransformerBuilder):
 
 
 MODELS.register("patch_token_transformer")(PatchTokenTransformerBuilder())
+
+
+class ClipBuilder(MaeBuilder):
+  """CLIP's dual encoder: the `mae` model keys' ViT (with CLIP's pre-stack LayerNorm, no
+  decoder) and a causal text encoder of `model.text_*` sizes over `model.max_len` positions,
+  both projected to `model.embed_dim`: `CLIP`. Weights start at std width^-0.5 as CLIP's
+  (OpenAI clip/model.py: attention, class token and position tables), not BERT's 0.02,
+  which at small widths leaves the class token blind to the image at init."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> CLIPConfig:
+    text = TransformerConfig(
+        vocab_size=padded_vocab(info.vocab_size), max_len=model_cfg.max_len,
+        num_layers=model_cfg.text_layers, d_model=model_cfg.text_d_model,
+        num_heads=model_cfg.text_heads, d_ff=model_cfg.text_d_ff, norm=model_cfg.norm,
+        activation=model_cfg.activation, dtype=model_cfg.dtype, ln_eps=model_cfg.ln_eps,
+        init_std=model_cfg.text_d_model ** -0.5, **stack_options(model_cfg))
+    vision = super().model_config(model_cfg, info)
+    vision = dataclasses.replace(vision, pre_norm=True, init_std=vision.d_model ** -0.5)
+    return CLIPConfig(vision=vision, text=text, embed_dim=model_cfg.embed_dim,
+                      init_temperature=model_cfg.init_temperature)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
+
+  def build(self, cfg: CLIPConfig, rngs):
+    return CLIP(cfg, rngs=rngs)
+
+
+MODELS.register("clip")(ClipBuilder())
+
+
+class M3aeBuilder(MaeBuilder):
+  """Single-stream M3AE: the `mae` model keys (encoder, image decoder) plus captions of up
+  to `model.max_len` tokens; the image decoder reads the stream after `model.image_layer`
+  blocks: `M3AE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> M3AEConfig:
+    vit = super().model_config(model_cfg, info)
+    return M3AEConfig(**dataclasses.asdict(vit), vocab_size=padded_vocab(info.vocab_size),
+                      text_len=model_cfg.max_len,
+                      image_layer=model_cfg.image_layer)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
+
+  def build(self, cfg: M3AEConfig, rngs):
+    return M3AE(cfg, rngs=rngs)
+
+
+MODELS.register("m3ae")(M3aeBuilder())

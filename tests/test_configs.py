@@ -56,7 +56,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("videomae", v) for v in ("tiny", "B", "g")]
             + [("vitok", v) for v in ("tiny", "tiny_video", "S-B/16", "S-B/4x8")]
             + [("predformer", v) for v in ("tiny", "mmnist", "mmnist_full", "mmnist_factorized")]
-            + [("next_block", "tiny_video")])
+            + [("next_block", "tiny_video")]
+            + [("clip", v) for v in ("tiny", "B/32")]
+            + [("alip", v) for v in ("tiny", "B/32")]
+            + [("m3ae", v) for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):

@@ -102,3 +102,4 @@ MODALITIES.register("image")(Image())
 MODALITIES.register("series")(Series())
 from pretrain.data import audio  # noqa: E402,F401
 from pretrain.data import video  # noqa: E402,F401
+from pretrain.data import image_text  # noqa: E402,F401
