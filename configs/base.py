@@ -60,6 +60,11 @@ KEY_DOCS: dict[str, str] = {
     "objective.warmup_teacher_temp": "dino: teacher temperature at step 0, raised linearly to objective.teacher_temp (DINO: 0.04).",
     "objective.teacher_temp_warmup_steps": "dino: steps of the teacher-temperature warmup (the step is the example index // train.global_batch; evaluation batches count from 0).",
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
+    # teachers branch: look, ssld
+    "objective.distill_temperature": "ssld: temperature T of both softmaxes in KL(teacher || student) (SSLD: 1).",
+    "objective.knn_k": "look: neighbours in each image's leave-one-out kNN vote (<= global_batch - 1 + queue_size).",
+    "objective.knn_temperature": "look: tau of the vote weights exp(cosine / tau).",
+    "objective.queue_size": "look: features and labels of earlier batches kept as extra kNN memory (FIFO, no gradient; 0 = the batch only).",
     # model
     "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, dino (ViT + projection head), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
@@ -89,6 +94,7 @@ KEY_DOCS: dict[str, str] = {
     "model.head_hidden_dim": "dino: hidden width of the 3-layer projection head (DINO: 2048).",
     "model.head_bottleneck_dim": "dino: the head's l2-normalised bottleneck width (DINO: 256).",
     "model.head_out_dim": "dino: prototypes of the weight-normalised last layer (DINO: 65536).",
+    "model.num_classes": "vit_classifier: classes of the linear head on the [CLS] output (0 = no head: look reads features only).",
     "model.reg_layers": "cae: latent regressor depth (cross-attention blocks from the hidden patches' queries to the visible latents; CAE: 4).",
     "model.num_decoder_layers": "encoder_decoder, ftp: decoder depth (num_layers is the encoder's).",
     "model.dec_embeddings": "encoder_decoder: the decoder gets its own learned position table and embedding norm (HF BART's layout; needs pos_emb=learned); False = shared with the encoder (T5).",

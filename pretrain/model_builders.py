@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.classifier import ClassifierConfig, ViTClassifier
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
@@ -274,3 +275,18 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class ClassifierBuilder(MaeBuilder):
+  """ViT backbone (the `mae` model keys, no decoder) + linear head over `model.num_classes`
+  (0 = none): `ViTClassifier` (classify, ssld, look)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ClassifierConfig:
+    return ClassifierConfig(vit=super().model_config(model_cfg, info),
+                            num_classes=model_cfg.num_classes)
+
+  def build(self, cfg: ClassifierConfig, rngs):
+    return ViTClassifier(cfg, rngs=rngs)
+
+
+MODELS.register("vit_classifier")(ClassifierBuilder())
