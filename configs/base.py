@@ -60,7 +60,9 @@ KEY_DOCS: dict[str, str] = {
     "objective.warmup_teacher_temp": "dino: teacher temperature at step 0, raised linearly to objective.teacher_temp (DINO: 0.04).",
     "objective.teacher_temp_warmup_steps": "dino: steps of the teacher-temperature warmup (the step is the example index // train.global_batch; evaluation batches count from 0).",
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
-    # teachers branch: look, ssld
+    # teachers branch: ibot, look, ssld
+    "objective.ibot_weight": "dino: weight of iBOT's masked patch-token loss (iBOT: 1; 0 = off, plain DINO); needs model.mask_token.",
+    "objective.ibot_mask_ratio": "dino with ibot_weight > 0: (low, high) range of the fraction of each global crop's patches masked blockwise for the student (iBOT: 0.3 +- 0.2).",
     "objective.distill_temperature": "ssld: temperature T of both softmaxes in KL(teacher || student) (SSLD: 1).",
     "objective.knn_k": "look: neighbours in each image's leave-one-out kNN vote (<= global_batch - 1 + queue_size).",
     "objective.knn_temperature": "look: tau of the vote weights exp(cosine / tau).",
@@ -94,6 +96,7 @@ KEY_DOCS: dict[str, str] = {
     "model.head_hidden_dim": "dino: hidden width of the 3-layer projection head (DINO: 2048).",
     "model.head_bottleneck_dim": "dino: the head's l2-normalised bottleneck width (DINO: 256).",
     "model.head_out_dim": "dino: prototypes of the weight-normalised last layer (DINO: 65536).",
+    "model.mask_token": "dino: a learned [MASK] patch embedding the student's masked patches enter as (iBOT).",
     "model.num_classes": "vit_classifier: classes of the linear head on the [CLS] output (0 = no head: look reads features only).",
     "model.reg_layers": "cae: latent regressor depth (cross-attention blocks from the hidden patches' queries to the visible latents; CAE: 4).",
     "model.num_decoder_layers": "encoder_decoder, ftp: decoder depth (num_layers is the encoder's).",

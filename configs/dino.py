@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
   # 65536 prototypes; tau_s 0.1, tau_t 0.04 -> 0.07 over 30 epochs, center momentum 0.9,
   # teacher momentum 0.996 -> 1 (cosine); 2 global crops scale (0.4, 1), 8 local (0.05, 0.4).
   c.model.head_hidden_dim, c.model.head_bottleneck_dim, c.model.head_out_dim = 2048, 256, 65536
+  c.model.mask_token = False  # iBOT's [MASK] embedding (configs/ibot.py)
   c.objective.global_crop_scale = (0.4, 1.0)
   c.objective.local_crop_scale = (0.05, 0.4)
   c.objective.local_crops = 8
@@ -42,6 +43,8 @@ def get_config(arg: str | None = None):
   c.objective.warmup_teacher_temp = 0.04
   c.objective.teacher_temp = 0.07
   c.objective.center_momentum = 0.9
+  c.objective.ibot_weight = 0.0  # iBOT's masked patch-token loss off (configs/ibot.py)
+  c.objective.ibot_mask_ratio = (0.1, 0.5)
   c.teacher.kind = "ema"
   c.teacher.ema_momentum = 0.996
   c.teacher.ema_schedule = "cosine"

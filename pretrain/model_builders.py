@@ -140,7 +140,8 @@ class DinoBuilder(MaeBuilder):
     return DinoConfig(vit=super().model_config(model_cfg, info),
                       head_hidden_dim=model_cfg.head_hidden_dim,
                       head_bottleneck_dim=model_cfg.head_bottleneck_dim,
-                      out_dim=model_cfg.head_out_dim)
+                      out_dim=model_cfg.head_out_dim,
+                      mask_token=model_cfg.mask_token)
 
   def build(self, cfg: DinoConfig, rngs):
     return DinoViT(cfg, rngs=rngs)

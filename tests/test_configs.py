@@ -47,7 +47,7 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
             + [("cae", v) for v in ("tiny", "B/16")]
-            + [(r, v) for r in ("classify", "look", "ssld") for v in ("tiny", "B/16")])
+            + [(r, v) for r in ("classify", "look", "ssld", "ibot") for v in ("tiny", "B/16")])
 
 
 def load(recipe: str, variant: str):
