@@ -47,7 +47,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
             + [("cae", v) for v in ("tiny", "B/16")]
-            + [(r, v) for r in ("classify", "look", "ssld", "ibot") for v in ("tiny", "B/16")])
+            + [(r, v) for r in ("classify", "look", "ssld", "ibot") for v in ("tiny", "B/16")]
+            + [("minilm", v) for v in ("tiny_assistant", "tiny_from_assistant",
+                                       "L6_H384_from_assistant")])
 
 
 def load(recipe: str, variant: str):
