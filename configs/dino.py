@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from configs import mae
 
-# Left out: DINOv2's iBOT masked-token loss, KoLeo regulariser, Sinkhorn-Knopp centring
-# and LayerScale (this is DINO's v1 loss with DINOv2's backbone size); DINO's weight-decay
+# Left out: DINOv2's iBOT masked-token loss (objective.ibot_weight, on in configs/ibot.py,
+# off here), KoLeo regulariser, Sinkhorn-Knopp centring and LayerScale (this is DINO's
+# v1 loss with DINOv2's backbone size); DINO's weight-decay
 # schedule (0.04 -> 0.4; here a constant), freezing the last head layer in epoch 1, colour
 # jitter / blur / solarisation (grayscale crops + flips only); RAD-DINO's chest X-ray data.
 NOT_IMPLEMENTED = ("ibot_masked_token_loss", "koleo_regulariser", "sinkhorn_knopp_centering",
