@@ -411,7 +411,8 @@ def test_minilm_teacher_assistant_chain_through_main(tmp_path, capsys):
   teacher.path is the stage before; every stage's distillation loss falls."""
   assistant, student = tmp_path / "assistant", tmp_path / "student"
   args = ["--config.train.steps=10", "--config.train.log_every=2",
-          "--config.train.eval_every=0", "--config.optim.warmup_steps=2"]
+          "--config.train.eval_every=0", "--config.optim.warmup_steps=2",
+          "--config.data.seq_len=32"]
   assert main_lib.main([f"--config={ROOT}/configs/minilm.py:tiny_assistant",
                         f"--workdir={assistant}", *args]) == 0
   assert main_lib.main([f"--config={ROOT}/configs/minilm.py:tiny_from_assistant",
