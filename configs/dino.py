@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from configs import mae
 
-# Left out: DINOv2's iBOT masked-token loss, KoLeo regulariser, Sinkhorn-Knopp centring
-# and LayerScale (this is DINO's v1 loss with DINOv2's backbone size); DINO's weight-decay
+# Left out: DINOv2's iBOT masked-token loss (objective.ibot_weight, on in configs/ibot.py,
+# off here), KoLeo regulariser, Sinkhorn-Knopp centring and LayerScale (this is DINO's
+# v1 loss with DINOv2's backbone size); DINO's weight-decay
 # schedule (0.04 -> 0.4; here a constant), freezing the last head layer in epoch 1, colour
 # jitter / blur / solarisation (grayscale crops + flips only); RAD-DINO's chest X-ray data.
 NOT_IMPLEMENTED = ("ibot_masked_token_loss", "koleo_regulariser", "sinkhorn_knopp_centering",
@@ -35,6 +36,7 @@ def get_config(arg: str | None = None):
   # 65536 prototypes; tau_s 0.1, tau_t 0.04 -> 0.07 over 30 epochs, center momentum 0.9,
   # teacher momentum 0.996 -> 1 (cosine); 2 global crops scale (0.4, 1), 8 local (0.05, 0.4).
   c.model.head_hidden_dim, c.model.head_bottleneck_dim, c.model.head_out_dim = 2048, 256, 65536
+  c.model.mask_token = False  # iBOT's [MASK] embedding (configs/ibot.py)
   c.objective.global_crop_scale = (0.4, 1.0)
   c.objective.local_crop_scale = (0.05, 0.4)
   c.objective.local_crops = 8
@@ -42,6 +44,8 @@ def get_config(arg: str | None = None):
   c.objective.warmup_teacher_temp = 0.04
   c.objective.teacher_temp = 0.07
   c.objective.center_momentum = 0.9
+  c.objective.ibot_weight = 0.0  # iBOT's masked patch-token loss off (configs/ibot.py)
+  c.objective.ibot_mask_ratio = (0.1, 0.5)
   c.teacher.kind = "ema"
   c.teacher.ema_momentum = 0.996
   c.teacher.ema_schedule = "cosine"

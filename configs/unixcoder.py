@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from configs.base import base_config, tiny_schedule
 
-# Not implemented: the contrastive code-fragment representation task and the cross-modal
-# generation task (another issue), flattened ASTs and code comments as inputs (we feed plain
-# source), the [E2D] denoising (span-corruption) target of the paper (here the issue's
-# prefix-LM form: predict the rest of a segment after a bidirectional prefix), the paper's
-# corpora (CodeSearchNet, C4; we train on the Python standard library) and dropout.
-NOT_IMPLEMENTED = ("contrastive_learning", "cross_modal_generation", "ast_flattening",
+# Not implemented: dropout as the contrastive task's noise (two independent maskings of a
+# row instead: our models have no dropout), its code-comment pairs and the cross-modal
+# generation task, flattened ASTs and code comments as inputs (we feed plain source), the
+# [E2D] denoising (span-corruption) target of the paper (here the issue's prefix-LM form:
+# predict the rest of a segment after a bidirectional prefix), the paper's corpora
+# (CodeSearchNet, C4; we train on the Python standard library) and dropout.
+NOT_IMPLEMENTED = ("dropout_contrastive_views", "code_comment_contrastive_pairs",
+                   "cross_modal_generation", "ast_flattening",
                    "comment_inputs", "e2d_span_denoising", "paper_corpora", "dropout")
 
 MODE_TOKENS = 3  # [ENC], [DEC], [E2D]
@@ -36,6 +38,10 @@ def get_config(arg: str | None = None):
   c.objective.replace_random = 0.1
   c.objective.whole_word = False
   c.objective.mode_probs = (1 / 3, 1 / 3, 1 / 3)  # (enc, dec, e2d): uniform, our choice
+  # §3.3 contrastive code representation, summed with the other losses; temperature 0.05
+  # as in SimCSE, whose dropout-noise positives UniXcoder follows.
+  c.objective.contrastive_weight = 1.0
+  c.objective.contrastive_temperature = 0.05
   c.model.name = "transformer_extra_ids"
   c.model.extra_ids = MODE_TOKENS
   c.model.variant = "custom"

@@ -6,6 +6,11 @@ bottleneck, l2-normalises it and applies a weight-normalised linear layer to `ou
 prototypes with the weight norm held at 1 (DINO's `norm_last_layer=True`): every
 prototype's weight vector is unit length, so the logits are cosines. The teacher is the
 same module (an EMA of the student's params, pretrain/teacher.py).
+
+iBOT (Zhou et al. 2022, "iBOT: Image BERT Pre-Training with Online Tokenizer") adds a
+learned [MASK] embedding (`mask_token`) that replaces the patch embedding of masked patches
+(keeping their positions, as in BEiT), and sends the patch tokens through the same head as
+the [CLS] token (iBOT's shared head).
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import Dense, gelu, normal_param
-from models.vit import ViT, ViTConfig
+from models.partitioning import constrain
+from models.transformer import ACT
+from models.vit import ViT, ViTConfig, patchify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +32,7 @@ class DinoConfig:
   head_hidden_dim: int = 2048  # DINO: 2048
   head_bottleneck_dim: int = 256  # DINO: 256
   out_dim: int = 65536  # DINO: 65536 prototypes
+  mask_token: bool = False  # iBOT: a learned [MASK] patch embedding
 
   def validate(self) -> None:
     self.vit.validate()
@@ -66,6 +74,8 @@ class DinoViT(nnx.Module):
     self.cfg = cfg
     self.encoder = ViT(cfg.vit, rngs=rngs)
     self.head = DinoHead(cfg, rngs=rngs)
+    self.mask_token = (normal_param(rngs, (cfg.vit.d_model,), ("embed",), cfg.vit.init_std)
+                       if cfg.mask_token else None)
 
   def features(self, images: jax.Array) -> jax.Array:
     """images (B, *spatial, C) of any patch-divisible size -> (B, D): the [CLS] output
@@ -76,6 +86,24 @@ class DinoViT(nnx.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     """images -> prototype logits (B, out_dim) float32."""
     return self.head(self.features(images))
+
+  def token_logits(self, images: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """images (B, *spatial, C), mask (B, N) bool (True = the patch enters as the [MASK]
+    embedding) or None -> logits of every token (B, 1 + N, out_dim): [CLS] first, then
+    the patches (iBOT)."""
+    if not self.cfg.vit.use_cls_token:
+      raise ValueError("token_logits needs the ViT's cls token")
+    enc, patch = self.encoder, tuple(self.cfg.vit.patch_size)
+    patches = patchify(images, patch)
+    x = enc.patch_embed(patches)
+    if mask is not None:
+      if self.mask_token is None:
+        raise ValueError("masked inputs need model.mask_token=True")
+      x = jnp.where(mask[..., None], self.mask_token[...].astype(x.dtype), x)
+    idx = jnp.broadcast_to(jnp.arange(patches.shape[1]), patches.shape[:2])
+    grid = tuple(side // p for side, p in zip(images.shape[1:-1], patch))
+    x = constrain(x + enc.pos(idx, grid).astype(x.dtype), ACT)
+    return self.head(enc.encode(x))
 
 
 def head_flops(cfg: DinoConfig) -> float:

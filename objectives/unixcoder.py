@@ -18,8 +18,15 @@ random replacements. Inserting them shifts each segment right by one; the row ke
 length by dropping its last tokens (one per segment).
 
 The loss is the sum of the three modes' mean token losses (a mode absent from a batch adds
-0), as UniXcoder sums its objectives. Its contrastive and cross-modal generation tasks and
-its AST / comment inputs are not here (see configs/unixcoder.py).
+0), as UniXcoder sums its objectives.
+
+Contrastive code representation (§3.3; `contrastive_weight` > 0): every row also comes as
+two [ENC] views, the row with the [ENC] token and two independent BERT maskings; their
+mean-pooled bidirectional encodings are a positive pair and the other rows of the global
+batch negatives, with symmetric InfoNCE (objectives/contrastive.py) at
+`contrastive_temperature`. UniXcoder makes its two views with dropout, SimCSE-style; our
+models have no dropout, so masking is the noise. Its code-comment pairs, cross-modal
+generation and AST inputs are not here (see configs/unixcoder.py).
 """
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ import numpy as np
 from models.attention import attention_mask
 from models.transformer import logits_flops_per_token, transformer_flops_per_token
 from objectives import base
+from objectives.contrastive import info_nce, validate_temperature
 from objectives.mlm import MaskedLM, MlmMasking, num_predictions
 from objectives.prefix_lm import prefix_lm_targets, segment_prefix
 
@@ -62,12 +70,20 @@ def insert_mode_token(example: dict, mode_id: int) -> dict:
 class UnifiedModes(grain.transforms.RandomMap):
   """Clean packed row -> one mode's inputs: the row with mode tokens (`tokens`), the model
   input (`inputs`: [MASK]ed for [ENC]), `is_prefix`, `mode` and the MLM slots (weight 0
-  unless [ENC])."""
+  unless [ENC]); with `views`, also two independently masked [ENC] copies of the row
+  (`views` (2, L), `view_segment_ids`, `view_positions`) for the contrastive term."""
 
-  def __init__(self, *, probs, vocab_size: int, masking: MlmMasking):
+  def __init__(self, *, probs, vocab_size: int, masking: MlmMasking, views: bool = False):
     self.probs = np.asarray(probs, np.float64)
     self.mode_ids = vocab_size + np.arange(len(MODES))
     self.masking = masking
+    self.views = views
+
+  def enc_views(self, example, rng: np.random.Generator) -> dict:
+    row = insert_mode_token(example, self.mode_ids[ENC])
+    views = [self.masking.random_map(row, rng)["inputs"] for _ in range(2)]
+    return {"views": np.stack(views).astype(np.int32), "view_segment_ids": row["segment_ids"],
+            "view_positions": row["positions"]}
 
   def random_map(self, example, rng: np.random.Generator):
     mode = int(rng.choice(len(MODES), p=self.probs))
@@ -87,8 +103,9 @@ class UnifiedModes(grain.transforms.RandomMap):
       if mode == E2D:  # mode token + 1..n-1 of the segment's own tokens
         drawn = segment_prefix(example["segment_ids"], rng)
         is_prefix = np.insert(drawn, segment_starts(example["segment_ids"]), True)[:len(real)]
-    return {**out, "tokens": row["tokens"].astype(np.int32), "is_prefix": is_prefix & real,
-            "mode": np.int32(mode)}
+    out = {**out, "tokens": row["tokens"].astype(np.int32), "is_prefix": is_prefix & real,
+           "mode": np.int32(mode)}
+    return {**out, **self.enc_views(example, rng)} if self.views else out
 
 
 @base.register("unixcoder")
@@ -107,6 +124,10 @@ class UniXcoder(MaskedLM):
       raise ValueError(f"unixcoder needs model.extra_ids >= {len(MODES)} for its mode tokens "
                        f"(model.name='transformer_extra_ids'), got "
                        f"{config.model.get('extra_ids', 0)}")
+    if config.objective.contrastive_weight < 0:
+      raise ValueError(f"objective.contrastive_weight={config.objective.contrastive_weight}: "
+                       "must be >= 0")
+    validate_temperature(config.objective)
 
   def host_transform(self, config, info):
     o = config.objective
@@ -115,7 +136,8 @@ class UniXcoder(MaskedLM):
                          replace_random=o.replace_random, whole_word=o.whole_word,
                          mask_id=info.mask_id, vocab_size=info.vocab_size,
                          special_ids=(*info.special_ids, *mode_ids), seq_len=info.seq_len)
-    return UnifiedModes(probs=o.mode_probs, vocab_size=info.vocab_size, masking=masking)
+    return UnifiedModes(probs=o.mode_probs, vocab_size=info.vocab_size, masking=masking,
+                        views=o.contrastive_weight > 0)
 
   def loss_fn(self, params, batch, rng, *, model, config):
     del rng  # All randomness is on the host.
@@ -133,7 +155,20 @@ class UniXcoder(MaskedLM):
       row_weights = weights * (batch["mode"] == mode)[:, None]
       losses[name], metrics[f"{name}_accuracy"] = base.token_loss(logits, targets, row_weights)
     metrics.update({f"{name}_loss": value for name, value in losses.items()})
-    return sum(losses.values()), metrics
+    loss = sum(losses.values())
+    if config.objective.contrastive_weight:
+      contrastive, metrics["contrastive_accuracy"] = self.contrastive(net, batch, config)
+      metrics["contrastive_loss"] = contrastive
+      loss = loss + config.objective.contrastive_weight * contrastive
+    return loss, metrics
+
+  def contrastive(self, net, batch, config):
+    """(InfoNCE between the two [ENC] views' mean-pooled encodings, its accuracy)."""
+    segs = batch["view_segment_ids"]
+    mask = attention_mask("bidirectional", segment_ids=segs)
+    pooled = [base.mean_pool(net(batch["views"][:, v], positions=batch["view_positions"],
+                                 mask=mask), segs > 0) for v in range(2)]
+    return info_nce(*pooled, config.objective.contrastive_temperature)
 
   def forward_flops_per_example(self, config, info, model_cfg):
     # Keys seen per query: L ([ENC]), L/2 ([DEC]), 2L/3 ([E2D], see prefix_lm), mixed by
@@ -141,5 +176,9 @@ class UniXcoder(MaskedLM):
     enc, dec, e2d = config.objective.mode_probs
     attended = info.seq_len * (enc + dec / 2 + 2 * e2d / 3)
     slots = num_predictions(info.seq_len, config.objective.mask_rate)
+    # The contrastive term: two more bidirectional passes without logits.
+    views = 2 if config.objective.contrastive_weight else 0
     return (info.seq_len * transformer_flops_per_token(model_cfg, attended, with_logits=True)
-            + slots * logits_flops_per_token(model_cfg))
+            + slots * logits_flops_per_token(model_cfg)
+            + views * info.seq_len * transformer_flops_per_token(model_cfg, info.seq_len,
+                                                                 with_logits=False))

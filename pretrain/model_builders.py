@@ -10,6 +10,7 @@ import dataclasses
 
 from models import variants
 from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
+from models.classifier import ClassifierConfig, ViTClassifier
 from models.clip import CLIP, CLIPConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
@@ -147,7 +148,8 @@ class DinoBuilder(MaeBuilder):
     return DinoConfig(vit=super().model_config(model_cfg, info),
                       head_hidden_dim=model_cfg.head_hidden_dim,
                       head_bottleneck_dim=model_cfg.head_bottleneck_dim,
-                      out_dim=model_cfg.head_out_dim)
+                      out_dim=model_cfg.head_out_dim,
+                      mask_token=model_cfg.mask_token)
 
   def build(self, cfg: DinoConfig, rngs):
     return DinoViT(cfg, rngs=rngs)
@@ -523,3 +525,16 @@ class M3aeBuilder(MaeBuilder):
 
 
 MODELS.register("m3ae")(M3aeBuilder())
+class ClassifierBuilder(MaeBuilder):
+  """ViT backbone (the `mae` model keys, no decoder) + linear head over `model.num_classes`
+  (0 = none): `ViTClassifier` (classify, ssld, look)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ClassifierConfig:
+    return ClassifierConfig(vit=super().model_config(model_cfg, info),
+                            num_classes=model_cfg.num_classes)
+
+  def build(self, cfg: ClassifierConfig, rngs):
+    return ViTClassifier(cfg, rngs=rngs)
+
+
+MODELS.register("vit_classifier")(ClassifierBuilder())

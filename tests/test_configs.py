@@ -59,7 +59,10 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("next_block", "tiny_video")]
             + [("clip", v) for v in ("tiny", "B/32")]
             + [("alip", v) for v in ("tiny", "B/32")]
-            + [("m3ae", v) for v in ("tiny", "B/16")])
+            + [("m3ae", v) for v in ("tiny", "B/16")]
+            + [(r, v) for r in ("classify", "look", "ssld", "ibot") for v in ("tiny", "B/16")]
+            + [("minilm", v) for v in ("tiny_assistant", "tiny_from_assistant",
+                                       "L6_H384_from_assistant")])
 
 
 def load(recipe: str, variant: str):

@@ -366,3 +366,91 @@ def test_self_distillation_student_restarts_from_the_teachers_initial_model(mae_
   distance = [r["mimic_loss"] for r in records]
   pixel = [r["pixel_loss"] for r in records]
   assert _falls(pixel, 0.9) and _falls(distance, 0.7), (pixel, distance)
+
+
+# --- iBOT: dino with the masked patch-token loss -----------------------------------------
+
+
+def test_block_masks_are_rectangles_up_to_the_target_ratio():
+  rng = np.random.default_rng(0)
+  counts = []
+  for ratio in rng.uniform(0.1, 0.5, 100):
+    mask = dino.block_mask(rng, (7, 7), ratio)
+    target = round(ratio * 49)
+    assert mask.shape == (7, 7) and mask.dtype == bool and mask.sum() <= target
+    counts.append(mask.sum() / max(target, 1))
+  assert np.mean(counts) > 0.9, np.mean(counts)  # Almost always the whole target.
+  np.testing.assert_array_equal(dino.block_mask(np.random.default_rng(3), (14, 14), 0.3),
+                                dino.block_mask(np.random.default_rng(3), (14, 14), 0.3))
+  transform = _multicrop(_recipe("ibot.py:tiny"))
+  out = transform.random_map({"image": np.zeros((28, 28, 1), np.float32),
+                              "example_index": np.int64(0)}, np.random.default_rng(1))
+  assert out["masks"].shape == (2, 49) and out["masks"].dtype == bool
+
+
+def test_ibot_patch_loss_matches_numpy():
+  rng = np.random.default_rng(2)
+  b, n, k = 3, 5, 6
+  student, teacher = rng.normal(size=(b, 2, n, k)), rng.normal(size=(b, 2, n, k))
+  center, temps = rng.normal(size=(k,)) * 0.3, np.array([0.04, 0.05, 0.07])
+  masks = rng.uniform(size=(b, 2, n)) < 0.5
+  masks[0, 1] = False  # A view without masked patches adds 0.
+  losses, entropies = [], []
+  for i in range(b):
+    for v in range(2):
+      q = np.exp(_np_log_softmax((teacher[i, v] - center) / temps[i]))  # (n, k)
+      ce = -(q * _np_log_softmax(student[i, v] / 0.1)).sum(-1)
+      ent = -(q * np.log(q)).sum(-1)
+      m = masks[i, v]
+      losses.append(ce[m].mean() if m.any() else 0.0)
+      entropies.append(ent[m].mean() if m.any() else 0.0)
+  loss, entropy = dino.ibot_patch_loss(*(jnp.asarray(x, jnp.float32) for x in (
+      student, teacher, center)), jnp.asarray(masks), 0.1, jnp.asarray(temps, jnp.float32))
+  np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5)
+  np.testing.assert_allclose(entropy, np.mean(entropies), rtol=1e-5)
+
+
+def test_masked_patches_enter_as_the_mask_token():
+  """The student's outputs do not depend on the pixels of its masked patches, and do
+  on the others'."""
+  config = _recipe("ibot.py:tiny")
+  config.model.update(num_layers=1, d_model=16, num_heads=2, d_ff=32)
+  config.model.update(head_hidden_dim=16, head_bottleneck_dim=8, head_out_dim=32)
+  builder = MODELS.get("dino")
+  with nnx.use_eager_sharding(False):
+    net = builder.build(builder.model_config(config.model, DataInfo(image_shape=(28, 28, 1))),
+                        nnx.Rngs(0))
+  graphdef, state = nnx.split(net)
+  run = jax.jit(lambda x, m: nnx.merge(graphdef, state).token_logits(x, m))
+  images = np.random.default_rng(0).uniform(size=(1, 28, 28, 1)).astype(np.float32)
+  mask = np.zeros((1, 49), bool)
+  mask[0, :7] = True  # The top row of 4x4 patches.
+  changed = images.copy()
+  changed[:, :4] = 1.0 - changed[:, :4]
+  np.testing.assert_allclose(run(images, mask), run(changed, mask), atol=1e-6)
+  assert not np.allclose(run(images, ~mask), run(changed, ~mask), atol=1e-4)
+
+
+def test_ibot_b16_backbone_has_the_vit_b16_param_count():
+  """ViT-B/16: 86M params (Dosovitskiy et al. 2021 Table 1; iBOT Table 1 lists it as 85M)."""
+  config = _recipe("ibot.py:B/16")
+  builder = MODELS.get("dino")
+  cfg = builder.model_config(config.model, DataInfo())
+  assert cfg.vit.patch_size == (16, 16) and cfg.mask_token and cfg.out_dim == 8192
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: builder.build(cfg, nnx.Rngs(0)))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract.encoder, nnx.Param)))
+  assert abs(count / 86e6 - 1) < 0.02, count
+
+
+def test_ibot_tiny_trains_through_main(tmp_path):
+  """As for DINO, the raw loss carries the teacher's entropy (which rises as its temperature
+  warms up); the student's parts, the [CLS] and patch KLs (loss minus entropy), must fall."""
+  assert main_lib.main([f"--config={ROOT}/configs/ibot.py:tiny", f"--workdir={tmp_path}",
+                        "--config.train.steps=12", "--config.train.log_every=2",
+                        "--config.train.eval_every=0", "--config.train.global_batch=16"]) == 0
+  records = [r for r in train.read_metrics(str(tmp_path)) if "loss" in r]
+  np.testing.assert_allclose([r["loss"] for r in records],
+                             [r["dino_loss"] + r["ibot_loss"] for r in records], rtol=1e-5)
+  patch_kl = [r["ibot_loss"] - r["patch_teacher_entropy"] for r in records]
+  assert min(patch_kl) > -1e-4 and np.mean(patch_kl[-2:]) < 0.4 * patch_kl[0], patch_kl

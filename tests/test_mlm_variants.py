@@ -258,7 +258,8 @@ def test_insert_mode_token_by_hand():
 
 
 UNIX = unixcoder.UniXcoder()
-UNIX_CONFIG = _objective_config(mode_probs=(0.5, 0.3, 0.2))
+UNIX_CONFIG = _objective_config(mode_probs=(0.5, 0.3, 0.2), contrastive_weight=0.0,
+                                contrastive_temperature=0.05)
 
 
 def test_unixcoder_modes_by_their_invariants():
@@ -362,6 +363,45 @@ def test_unixcoder_masks_per_mode_and_packed_segments_isolated(unix_model):
     changed = np.asarray(hidden(params, tokens))
     assert np.allclose(changed[row, :5], base[row, :5], atol=1e-6) != sees_later
 
+
+
+def test_unixcoder_contrastive_views_and_loss_match_numpy(unix_model):
+  """With contrastive_weight, every row also comes as two independently masked [ENC] copies
+  (only MLM positions differ from the [ENC] row, never padding or mode tokens), and the loss
+  gains the weighted symmetric InfoNCE of their mean-pooled bidirectional encodings."""
+  model, params, _, _ = unix_model
+  config = _objective_config(mode_probs=(0.5, 0.3, 0.2), contrastive_weight=0.5,
+                             contrastive_temperature=0.1)
+  transform = UNIX.host_transform(config, INFO)
+  rows = _rows(4, seed=6)
+  outs = [transform.random_map(row, np.random.default_rng(i)) for i, row in enumerate(rows)]
+  for row, out in zip(rows, outs):
+    enc = unixcoder.insert_mode_token(row, VOCAB + unixcoder.ENC)
+    assert out["views"].shape == (2, SEQ) and out["views"].dtype == np.int32
+    np.testing.assert_array_equal(out["view_segment_ids"], enc["segment_ids"])
+    np.testing.assert_array_equal(out["view_positions"], enc["positions"])
+    changed = out["views"] != enc["tokens"]
+    assert changed.any(1).all() and not np.array_equal(*out["views"])
+    assert not changed[:, (enc["segment_ids"] == 0) | enc["is_mode"]].any()
+  batch = _stack(outs)
+  loss, metrics = jax.jit(functools.partial(UNIX.loss_fn, model=model, config=config))(
+      params, batch, RNG)
+  segs = batch["view_segment_ids"]
+  encode = jax.jit(lambda p, tokens: model.bind(p)(
+      tokens, positions=batch["view_positions"],
+      mask=attention_mask("bidirectional", segment_ids=segs)))
+  real = (segs > 0)[..., None]
+  pooled = []
+  for v in range(2):
+    h = np.asarray(encode(params, batch["views"][:, v]), np.float64)
+    mean = (h * real).sum(1) / real.sum(1)
+    pooled.append(mean / np.linalg.norm(mean, axis=-1, keepdims=True))
+  sim = pooled[0] @ pooled[1].T / 0.1
+  pairs = np.arange(len(rows))
+  want = 0.5 * (np_cross_entropy(sim, pairs).mean() + np_cross_entropy(sim.T, pairs).mean())
+  np.testing.assert_allclose(metrics["contrastive_loss"], want, rtol=1e-5)
+  modes = metrics["enc_loss"] + metrics["dec_loss"] + metrics["e2d_loss"]
+  np.testing.assert_allclose(loss, modes + 0.5 * want, rtol=1e-5)
 
 # --- ERNIE 3.0 ---------------------------------------------------------------------------
 

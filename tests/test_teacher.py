@@ -403,3 +403,24 @@ def test_distillation_step_with_its_teacher_compiles_for_a_tpu_slice():
   config_lib.apply_override(config, "topology", "v5e-16")
   report = aot.compile_step(config, "pd:tiny")
   assert report.fits and report.chips == 16 and report.model_flops > 0
+
+
+def test_minilm_teacher_assistant_chain_through_main(tmp_path, capsys):
+  """MiniLM §3.3: all-MiniLM-L6-v2 -> a 2 x 384 assistant (the student's depth, the
+  teacher's width) -> the 2 x 192 student, each stage a run of configs/minilm.py whose
+  teacher.path is the stage before; every stage's distillation loss falls."""
+  assistant, student = tmp_path / "assistant", tmp_path / "student"
+  args = ["--config.train.steps=10", "--config.train.log_every=2",
+          "--config.train.eval_every=0", "--config.optim.warmup_steps=2",
+          "--config.data.seq_len=32"]
+  assert main_lib.main([f"--config={ROOT}/configs/minilm.py:tiny_assistant",
+                        f"--workdir={assistant}", *args]) == 0
+  assert main_lib.main([f"--config={ROOT}/configs/minilm.py:tiny_from_assistant",
+                        f"--workdir={student}", f"--config.teacher.path={assistant}",
+                        *args]) == 0
+  out = capsys.readouterr().out
+  # The assistant loads every param of the student-to-be's teacher: nothing fresh, none left.
+  assert "teacher: 37 matched, 0 reshaped->fresh, 0 fresh, 0 unused" in out, out
+  for workdir in (assistant, student):
+    curve = _losses(workdir)
+    assert np.mean(curve[-2:]) < 0.8 * np.mean(curve[:2]), (workdir.name, curve)
