@@ -35,6 +35,11 @@ class CLIPConfig:
   embed_dim: int
   init_temperature: float = 0.07  # CLIP §2.5; logit_scale starts at log(1 / it)
 
+  @property
+  def activation(self) -> str:
+    """The text tower's MLP activation (HF's CLIP converter needs the towers to agree)."""
+    return self.text.activation
+
   def validate(self) -> None:
     self.vision.validate()
     self.text.validate()

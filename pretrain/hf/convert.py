@@ -1,7 +1,8 @@
 """Import and export of Hugging Face `config.json` + `model.safetensors` directories:
 BertForMaskedLM and GPT2LMHeadModel (rule tables in `Arch`), BartForConditionalGeneration
 (pretrain/hf/bart.py), T5ForConditionalGeneration (pretrain/hf/t5.py), ViTModel
-(pretrain/hf/vit.py, as MAE's encoder) and, import only, ViTMAEForPreTraining.
+(pretrain/hf/vit.py, as MAE's encoder), CLIPModel (pretrain/hf/clip.py) and, import only,
+ViTMAEForPreTraining.
 
   python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
   python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
@@ -24,25 +25,29 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from configs.base import base_config
+from models.clip import CLIP, CLIPConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
-from pretrain.hf import bart, bert, gpt2, t5, vit
+from pretrain.hf import bart, bert, clip, gpt2, t5, vit
 from pretrain.hf.layout import expand
-from pretrain.model_builders import EncoderDecoderBuilder, MaeBuilder, TransformerBuilder
+from pretrain.model_builders import (ClipBuilder, EncoderDecoderBuilder, MaeBuilder,
+                                     TransformerBuilder)
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
 # model_type -> (module with config_from_hf / to_ours / to_hf, HF activation config key)
+# (keys of nested configs joined by ".")
 SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act"),
-            vit.MAE_TYPE: (vit, "hidden_act"), t5.MODEL_TYPE: (t5, "feed_forward_proj")}
+            vit.MAE_TYPE: (vit, "hidden_act"), t5.MODEL_TYPE: (t5, "feed_forward_proj"),
+            clip.MODEL_TYPE: (clip, clip.ACTIVATION_KEY)}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder(),
-            "mae": MaeBuilder()}
+            "mae": MaeBuilder(), "clip": ClipBuilder()}
 # Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
 # import also reads "gelu_pytorch_tanh", the same tanh form.
-TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
+TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "quick_gelu": "quick_gelu"}
 FROM_HF_ACT = {**{hf: ours for ours, hf in TO_HF_ACT.items()}, "gelu_pytorch_tanh": "gelu",
                **{hf: ours for ours, hf in t5.ACTIVATIONS.items()}}
 
@@ -59,7 +64,8 @@ def by_path(params) -> dict:
 
 def param_shapes(cfg: TransformerConfig | ViTConfig) -> dict[str, tuple[int, ...]]:
   """Our params' shapes by path; a ViT's as MAE's (its `encoder/` subtree is the ViT)."""
-  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: MAE}.get(type(cfg), TextTransformer)
+  module = {EncoderDecoderConfig: EncoderDecoder, ViTConfig: MAE, CLIPConfig: CLIP}.get(
+      type(cfg), TextTransformer)
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: module(cfg, rngs=nnx.Rngs(0)))
   return {k: v.shape for k, v in by_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
@@ -77,6 +83,16 @@ class Imported:
   @property
   def overrides(self) -> dict:
     """Config keys that build this model (`--config.<key>=<value>`)."""
+    if isinstance(self.config, CLIPConfig):
+      v, t = self.config.vision, self.config.text
+      return {"model.name": "clip", "model.variant": "custom", "model.num_layers": v.num_layers,
+              "model.d_model": v.d_model, "model.num_heads": v.num_heads, "model.d_ff": v.d_ff,
+              "model.patch_size": v.patch_size, "model.pos_emb": "learned",
+              "model.activation": v.activation, "model.ln_eps": v.ln_eps,
+              "model.text_layers": t.num_layers, "model.text_d_model": t.d_model,
+              "model.text_heads": t.num_heads, "model.text_d_ff": t.d_ff,
+              "model.max_len": t.max_len, "model.embed_dim": self.config.embed_dim,
+              "data.vocab_size": t.vocab_size}
     if isinstance(self.config, ViTConfig):
       fields = {k: getattr(self.config, k) for k in (
           "num_layers", "d_model", "num_heads", "d_ff", "patch_size", "channels", "pos_emb",
@@ -136,7 +152,10 @@ def _activation(name: str, key: str) -> str:
 def _import_separate(directory: str, hf_cfg: dict) -> Imported:
   """BART / ViT: modules with their own config and fold functions (no `Arch` table)."""
   module, key = SEPARATE[hf_cfg["model_type"]]
-  cfg = module.config_from_hf(hf_cfg, _activation(hf_cfg.get(key, "gelu"), key))
+  value = hf_cfg
+  for part in key.split("."):
+    value = value.get(part, {})
+  cfg = module.config_from_hf(hf_cfg, _activation(value or "gelu", key))
   tensors = load_file(os.path.join(directory, WEIGHTS))
   ours, notes = module.to_ours(tensors, param_shapes(cfg), cfg, hf_cfg)
   defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
@@ -167,8 +186,8 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
   was folded or dropped."""
   ours = {k: np.asarray(v) for k, v in by_path(params).items()}
-  module = {EncoderDecoderConfig: t5 if cfg.pos_emb == "relative" else bart,
-            ViTConfig: vit}.get(type(cfg))
+  module = {EncoderDecoderConfig: t5 if getattr(cfg, "pos_emb", "") == "relative" else bart,
+            ViTConfig: vit, CLIPConfig: clip}.get(type(cfg))
   if module is not None:
     wrong = module.check_exportable(cfg)
     activations = getattr(module, "ACTIVATIONS", TO_HF_ACT)
@@ -214,6 +233,8 @@ def load_run(workdir: str, step: int = -1) -> tuple[dict, TransformerConfig | Vi
   model_cfg.update(config.model)
   if config.model.name == "mae":  # image size and channels as the recipe states them
     info = DataInfo()
+  elif config.model.name == "clip":
+    info = DataInfo(vocab_size=params["text"]["embed"]["table"].shape[0])
   else:  # The encoder-decoder builder adds extra_ids to the data's vocabulary; the table has both.
     extra = model_cfg.get("extra_ids", 0) if config.model.name == "encoder_decoder" else 0
     info = DataInfo(vocab_size=params["embed"]["table"].shape[0] - extra)

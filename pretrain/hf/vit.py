@@ -48,6 +48,17 @@ def _layer(hf: str, ours: str) -> list[Rule]:
   ]
 
 
+def conv_to_dense(conv: np.ndarray) -> np.ndarray:
+  """An HF patch Conv2d weight (D, C, ph, pw) -> our patch Dense kernel (ph pw C, D)."""
+  return np.ascontiguousarray(conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0]))
+
+
+def dense_to_conv(kernel: np.ndarray, cfg: ViTConfig) -> np.ndarray:
+  """`conv_to_dense`'s inverse."""
+  ph, pw = cfg.patch_size
+  return np.ascontiguousarray(kernel.reshape(ph, pw, cfg.channels, -1).transpose(3, 2, 0, 1))
+
+
 def rules(cfg: ViTConfig) -> list[Rule]:
   """The one-to-one tensors; cls, positions and the patch projection are folded apart."""
   return [*expand(_layer(LAYER, BLOCK), cfg.num_layers),
@@ -85,9 +96,8 @@ def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: ViTConfig, hf: di
       raise ValueError(f"ViT checkpoint has no tensor {rule.hf}")
     ours.update(rule.to_ours(tensors.pop(rule.hf).astype(np.float32),
                              [shapes[o] for o in rule.ours]))
-  conv = tensors.pop(CONV + "weight").astype(np.float32)  # (D, C, ph, pw)
-  ours[OURS + "patch_embed/kernel"] = np.ascontiguousarray(
-      conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0]))
+  conv = tensors.pop(CONV + "weight").astype(np.float32)
+  ours[OURS + "patch_embed/kernel"] = conv_to_dense(conv)
   positions = tensors.pop(POSITIONS)[0].astype(np.float32)  # (1 + N, D)
   ours[OURS + "cls_token"] = tensors.pop(CLS).astype(np.float32) + positions[0]
   ours[OURS + "pos/learned/table"] = positions[1:]
@@ -127,10 +137,7 @@ def _decoder_to_ours(tensors: dict, shapes: dict, cfg: ViTConfig, ours: dict) ->
 def to_hf(ours: dict[str, np.ndarray], cfg: ViTConfig) -> tuple[dict[str, np.ndarray], list[str]]:
   """Our `encoder/...` params (consumed from `ours`) -> HF ViTModel tensors, notes."""
   tensors = {rule.hf: rule.to_hf([ours.pop(o) for o in rule.ours]) for rule in rules(cfg)}
-  kernel = ours.pop(OURS + "patch_embed/kernel")
-  ph, pw = cfg.patch_size
-  tensors[CONV + "weight"] = np.ascontiguousarray(
-      kernel.reshape(ph, pw, cfg.channels, -1).transpose(3, 2, 0, 1))
+  tensors[CONV + "weight"] = dense_to_conv(ours.pop(OURS + "patch_embed/kernel"), cfg)
   notes = ["cls_token's position written as zeros (ours adds none to cls)"]
   if cfg.pos_emb == "learned":
     grid = ours.pop(OURS + "pos/learned/table")
