@@ -178,6 +178,20 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.d_ff": "The teacher's model.d_ff (0 = its variant's).",
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
+    # MultiMAE and SparK (objectives/multimae.py, objectives/spark.py)
+    "objective.dirichlet_alpha": "multimae: concentration of the symmetric Dirichlet that splits each example's visible-token budget between the modalities (MultiMAE: 1.0).",
+    "objective.modality_weights": "multimae: loss weight of each modality (image, edges, segments), the weighted losses summed (MultiMAE: all 1).",
+    "objective.num_visible": "multimae: visible tokens per example over all modalities together, at most one modality's patch count (MultiMAE: 98 of 3 x 196).",
+    "model.bottleneck": "spark: ResNet bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion; ResNet-50) instead of basic blocks (two 3x3).",
+    "model.class_embed_dim": "multimae: width of the learned per-pixel class embedding the categorical (segments) input is patched from (MultiMAE: 64).",
+    "model.dec_width": "spark: light decoder width at the coarsest scale, halved after every 2x upsampling (SparK ResNet-50: 512).",
+    "model.segment_classes": "multimae: classes of the segments modality: the image's luminance quantised into this many equal-width bins.",
+    "model.stage_blocks": "spark: residual blocks per ResNet stage; stage i > 0 starts with a stride-2 block (ResNet-50: (3, 4, 6, 3)).",
+    "model.stage_widths": "spark: inner width of each stage's blocks (x4 out for bottlenecks; ResNet-50: (64, 128, 256, 512)).",
+    "model.stem_kernel": "spark: kernel side of the stem convolution (ResNet: 7).",
+    "model.stem_pool": "spark: 3x3 stride-2 max pooling after the stem (ResNet: true).",
+    "model.stem_stride": "spark: stride of the stem convolution (ResNet: 2); the total stride (stem x pool x 2^(stages-1)) is the mask patch side.",
+    "model.stem_width": "spark: output channels of the stem convolution (ResNet: 64).",
 }
 
 

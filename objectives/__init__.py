@@ -3,5 +3,6 @@ from objectives import (bart, cae, causal_lm, codet5, contrabert, contrastive,  
                         cropmae, decoder_span_corruption, dino, distill_mlm,
                         drbert, e2s2, encoder_decoder_prefix_lm, ernie3,
                         forecast, ftp, graphcodebert, mae, mae_distill,
-                        minilm, mlm, multi_token, next_block, prefix_lm,
-                        retromae, span_corruption, starbucks, unixcoder)
+                        minilm, mlm, multi_token, multimae, next_block,
+                        prefix_lm, retromae, span_corruption, spark, starbucks,
+                        unixcoder)

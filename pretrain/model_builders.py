@@ -274,3 +274,53 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+# MultiMAE and SparK (imported here so that the additions stay one block at the end).
+from models.multimae import MultiMAE, MultiMAEConfig  # noqa: E402
+from models.spark import SparK, SparKConfig  # noqa: E402
+
+
+class MultiMaeBuilder(MaeBuilder):
+  """MultiMAE: the ViT over the image and its derived modalities (edges, and
+  `model.segment_classes` intensity classes embedded `model.class_embed_dim` wide), one
+  decoder (the dec_* sizes) per modality: `MultiMAE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiMAEConfig:
+    from objectives.multimae import derived_modalities  # what its host transform adds
+    return MultiMAEConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                          extra_modalities=derived_modalities(model_cfg.segment_classes),
+                          class_embed_dim=model_cfg.class_embed_dim)
+
+  def build(self, cfg: MultiMAEConfig, rngs):
+    return MultiMAE(cfg, rngs=rngs)
+
+
+MODELS.register("multimae")(MultiMaeBuilder())
+
+
+class SparKBuilder:
+  """SparK: sparse ResNet encoder (`model.stem_*`, `model.stage_*`, `model.bottleneck`)
+  + light UNet decoder (`model.dec_width`): `SparK`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> SparKConfig:
+    if model_cfg.scan_layers or model_cfg.remat != "none":
+      raise ValueError("model.scan_layers / model.remat: the spark CNN has no transformer "
+                       "stack to scan or remat; leave them false / none")
+    image_size = tuple(info.image_shape[:-1]) or tuple(model_cfg.image_size)
+    channels = info.image_shape[-1] if info.image_shape else model_cfg.channels
+    return SparKConfig(
+        image_size=image_size, channels=channels, stem_width=model_cfg.stem_width,
+        stem_kernel=model_cfg.stem_kernel, stem_stride=model_cfg.stem_stride,
+        stem_pool=model_cfg.stem_pool, stage_blocks=tuple(model_cfg.stage_blocks),
+        stage_widths=tuple(model_cfg.stage_widths), bottleneck=model_cfg.bottleneck,
+        dec_width=model_cfg.dec_width, dtype=model_cfg.dtype)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: SparKConfig, rngs):
+    return SparK(cfg, rngs=rngs)
+
+
+MODELS.register("spark")(SparKBuilder())

@@ -46,7 +46,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("starbucks", v) for v in ("tiny", "base")]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
-            + [("cae", v) for v in ("tiny", "B/16")])
+            + [("cae", v) for v in ("tiny", "B/16")]
+            + [("multimae", v) for v in ("tiny", "B/16")]
+            + [("spark", v) for v in ("tiny", "resnet50")])
 
 
 def load(recipe: str, variant: str):
