@@ -3,12 +3,15 @@
 Several spatially aligned modalities of one image (in the paper RGB, depth and semantic
 segmentation) are cut into patches on the same grid; each has its own patch projection
 (a categorical map first embeds each pixel's class, as the paper's segmentation adapter
-does) plus the shared sin-cos positions and a learned modality embedding. One ViT encoder
-reads the concatenated visible tokens of all modalities (a fixed total, split between the
+does) plus the shared sin-cos positions. Each projection's bias is that modality's
+embedding (the paper adds no other, for that reason). One ViT encoder reads the
+concatenated visible tokens of all modalities (a fixed total, split between the
 modalities by the caller's Dirichlet draw), so it has to predict across modalities. Each
-modality has its own light decoder (the paper's output adapter): its queries are the
-modality's own visible latents at their patches and mask tokens elsewhere; they
-cross-attend to every encoder token (no residual around that attention, as in the
+modality has its own light decoder (the paper's output adapter): the encoder tokens are
+projected to its width and given their positions and learned modality embeddings; its
+queries are the modality's own projected visible latents at their patches and mask tokens
+elsewhere, plus positions and the modality's embedding. The queries cross-attend to the
+visible tokens and the global (cls) token (no residual around that attention, as in the
 released adapter), then go through an MLP and a couple of self-attention blocks, and a
 linear head predicts the modality's pixels (or per-pixel class logits) of every patch.
 
@@ -125,8 +128,6 @@ class ModalityDecoder(nnx.Module):
     x = self.context_proj(latent)  # (B, prefix + T, Dd)
     prefix, visible = x[:, :num_prefix], x[:, num_prefix:]
     which, patch = keep_idx // n, keep_idx % n
-    visible = visible + (self.pos(patch) + jnp.take(self.modality_embed[...], which, axis=0)
-                         ).astype(x.dtype)
     b, d = x.shape[0], x.shape[2]
     queries = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, n, d))
     # This modality's visible latents go to their patches; the others' are dropped
@@ -135,7 +136,9 @@ class ModalityDecoder(nnx.Module):
     queries = queries.at[jnp.arange(b)[:, None], target].set(visible, mode="drop")
     every = jnp.broadcast_to(jnp.arange(n), (b, n))
     queries = queries + (self.pos(every) + self.modality_embed[self.index]).astype(x.dtype)
-    context = jnp.concatenate([prefix, visible], axis=1)
+    visible = visible + (self.pos(patch) + jnp.take(self.modality_embed[...], which, axis=0)
+                         ).astype(x.dtype)
+    context = jnp.concatenate([prefix, visible], axis=1)  # the global token: no embedding
     y = self.adapter(constrain(queries, ACT), constrain(context, ACT))
     return self.head(self.blocks(y, mask=None))
 
@@ -150,21 +153,17 @@ class MultiMAE(nnx.Module):
     self.encoder = ViT(cfg, rngs=rngs)  # its patch embedding is the image's adapter
     self.adapters = nnx.List([InputAdapter(cfg, m, rngs=rngs)
                               for m in cfg.extra_modalities])
-    self.modality_embed = normal_param(rngs, (len(cfg.modalities), cfg.d_model),
-                                       (None, "embed"), cfg.init_std)
     self.decoders = nnx.List([ModalityDecoder(cfg, i, rngs=rngs)
                               for i in range(len(cfg.modalities))])
 
   def embed(self, index: int, x: jax.Array) -> jax.Array:
-    """Modality `index`'s map x -> all its tokens (B, N, D): projection, positions,
-    modality embedding."""
+    """Modality `index`'s map x -> all its tokens (B, N, D): projection + positions."""
     cfg = self.cfg
     idx = jnp.broadcast_to(jnp.arange(cfg.num_patches), (x.shape[0], cfg.num_patches))
     if index == 0:
-      tokens = self.encoder.embed(patchify(x, cfg.patch_size), idx)
-    else:
-      tokens = self.adapters[index - 1](x) + self.encoder.pos(idx).astype(cfg.dtype)
-    return constrain(tokens + self.modality_embed[index].astype(tokens.dtype), ACT)
+      return self.encoder.embed(patchify(x, cfg.patch_size), idx)
+    return constrain(self.adapters[index - 1](x) + self.encoder.pos(idx).astype(cfg.dtype),
+                     ACT)
 
   def tokens(self, inputs: dict[str, jax.Array]) -> jax.Array:
     """Every modality embedded: (B, M * N, D), modality-major (modality m's patch j is

@@ -36,6 +36,8 @@ from models.partitioning import with_axes
 from models.transformer import DTYPES, check_choice
 
 CONV_AXES = (None, None, "embed", "mlp")  # (kh, kw, in, out) kernels, like a Dense's
+# The stem reads and the head writes a few image channels: no sharding on those axes.
+STEM_AXES, HEAD_AXES = (None, None, "patch", "mlp"), (None, None, "embed", "patch")
 DECODER_INIT_STD = 0.02  # SparK initialises its decoder's convolutions N(0, 0.02)
 
 
@@ -105,12 +107,13 @@ def active_at(active: jax.Array, x: jax.Array) -> jax.Array:
   return up[..., None].astype(jnp.float32)
 
 
-def conv_kernel(rngs: nnx.Rngs, shape: tuple[int, ...], init_std: float | None):
+def conv_kernel(rngs: nnx.Rngs, shape: tuple[int, ...], init_std: float | None,
+                axes=CONV_AXES):
   """A (kh, kw, in, out) kernel: He-normal fan-out (torchvision's ResNet) if init_std is
   None, else N(0, init_std) (SparK's decoder: 0.02)."""
   init = (nnx.initializers.variance_scaling(2.0, "fan_out", "normal") if init_std is None
           else nnx.initializers.normal(init_std))
-  return nnx.Param(with_axes(init, CONV_AXES)(rngs.params(), shape, jnp.float32))
+  return nnx.Param(with_axes(init, axes)(rngs.params(), shape, jnp.float32))
 
 
 class Conv(nnx.Module):
@@ -118,9 +121,9 @@ class Conv(nnx.Module):
   (a norm follows)."""
 
   def __init__(self, cin: int, cout: int, kernel: int, *, stride: int = 1, bias: bool = False,
-               dtype, rngs: nnx.Rngs, init_std: float | None = None):
-    self.kernel = conv_kernel(rngs, (kernel, kernel, cin, cout), init_std)
-    self.bias = const_param(cout, ("mlp",), 0.0) if bias else None
+               dtype, rngs: nnx.Rngs, init_std: float | None = None, axes=CONV_AXES):
+    self.kernel = conv_kernel(rngs, (kernel, kernel, cin, cout), init_std, axes)
+    self.bias = const_param(cout, axes[3:], 0.0) if bias else None
     self.stride, self.pad, self.dtype = stride, kernel // 2, jnp.dtype(dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -170,8 +173,8 @@ class ConvNorm(nnx.Module):
   """Sparse conv -> sparse batch norm (-> ReLU): masked positions zero on the way out."""
 
   def __init__(self, cin: int, cout: int, kernel: int, cfg: SparKConfig, *, stride: int = 1,
-               relu: bool = True, rngs: nnx.Rngs):
-    self.conv = Conv(cin, cout, kernel, stride=stride, dtype=cfg.dtype, rngs=rngs)
+               relu: bool = True, rngs: nnx.Rngs, axes=CONV_AXES):
+    self.conv = Conv(cin, cout, kernel, stride=stride, dtype=cfg.dtype, rngs=rngs, axes=axes)
     self.norm = SparseBatchNorm(cout, eps=cfg.bn_eps, dtype=cfg.dtype)
     self.relu = relu
 
@@ -212,7 +215,7 @@ class SparseResNet(nnx.Module):
   def __init__(self, cfg: SparKConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.stem = ConvNorm(cfg.channels, cfg.stem_width, cfg.stem_kernel, cfg,
-                         stride=cfg.stem_stride, rngs=rngs)
+                         stride=cfg.stem_stride, rngs=rngs, axes=STEM_AXES)
     blocks, cin = [], cfg.stem_width
     for i, (n, width) in enumerate(zip(cfg.stage_blocks, cfg.stage_widths)):
       stage = []
@@ -279,7 +282,7 @@ class SparK(nnx.Module):
     self.blocks = nnx.List([DecoderBlock(widths[i], widths[i + 1], cfg, rngs=rngs)
                             for i in range(len(widths) - 1)])
     self.head = Conv(widths[-1], cfg.channels, 1, bias=True, dtype=cfg.dtype, rngs=rngs,
-                     init_std=DECODER_INIT_STD)
+                     init_std=DECODER_INIT_STD, axes=HEAD_AXES)
 
   def __call__(self, images: jax.Array, active: jax.Array) -> jax.Array:
     """images (B, H, W, C), active (B, gh, gw) bool -> predicted images (B, H, W, C) f32."""
