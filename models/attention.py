@@ -107,8 +107,10 @@ def attention_mask(
   return mask[:, None]  # (B, 1, Lq, Lk)
 
 
-def attention_logits(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Scaled, masked dot products (B, H, Lq, Lk) in float32; q (B, Lq, H, D), k (B, Lk, H, D).
+def attention_logits(q: jax.Array, k: jax.Array, mask: jax.Array | None,
+                     bias: jax.Array | None = None) -> jax.Array:
+  """Scaled, masked dot products (B, H, Lq, Lk) in float32; q (B, Lq, H, D), k (B, Lk, H, D),
+  plus `bias` (B|1, H, Lq, Lk) when given (T5's relative position bias).
 
   Masked entries hold a large finite negative, so a log-softmax over them stays finite
   (MiniLM's KL between attention distributions relies on that).
@@ -120,16 +122,19 @@ def attention_logits(q: jax.Array, k: jax.Array, mask: jax.Array | None) -> jax.
   logits = jnp.einsum(
       "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32
   ) * scale  # (B, H, Lq, Lk)
+  if bias is not None:
+    logits = logits + bias
   return logits if mask is None else jnp.where(mask, logits, _MASK_VALUE)
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+    bias: jax.Array | None = None
 ) -> jax.Array:
   """Softmax attention; q (B, Lq, H, D), k/v (B, Lk, H, D), mask bool (B, 1, Lq, Lk).
 
   Logits and softmax in float32 whatever the compute dtype; output in q's dtype.
   """
-  probs = jax.nn.softmax(attention_logits(q, k, mask), axis=-1).astype(v.dtype)
+  probs = jax.nn.softmax(attention_logits(q, k, mask, bias), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32)
   return out.astype(q.dtype)  # (B, Lq, H, D)

@@ -17,7 +17,8 @@ from models.attention import attention_mask, dot_product_attention
 from models.layers import Dense, LearnedPositions, MultiHeadAttention
 from models.partitioning import constrain
 from models.transformer import (ACT, Block, BlockConfig, TextTransformer, TransformerConfig,
-                                logits_flops_per_token, make_norm, stack_flops_per_token)
+                                logits_flops_per_token, make_norm, relative_bias,
+                                stack_flops_per_token)
 
 HEADS = ("batch", "length", "act_heads", "act_kv")
 
@@ -58,13 +59,15 @@ class DecoderBlock(Block):
     super().__init__(cfg, rngs=rngs)
     self.cross_norm = make_norm(cfg)
     self.cross_attn = CrossAttention(cfg.d_model, cfg.num_heads, dtype=cfg.dtype,
-                                     init_std=cfg.init_std, rngs=rngs)
+                                     init_std=cfg.init_std, rngs=rngs, use_bias=cfg.use_bias)
 
   def __call__(self, x: jax.Array, context: jax.Array, *, mask, cross_mask,
-               positions) -> jax.Array:
+               positions, bias=None) -> jax.Array:
+    """bias: the self-attention's relative position bias (cross-attention has none, as
+    in T5)."""
     x = constrain(x, ACT)  # (B, L, D)
     x = self._residual(x, self.attn_norm,
-                       lambda h: self.attn(h, mask=mask, positions=positions))
+                       lambda h: self.attn(h, mask=mask, positions=positions, bias=bias))
     x = self._residual(x, self.cross_norm,
                        lambda h: self.cross_attn(h, context, mask=cross_mask))
     return constrain(self._residual(x, self.mlp_norm, self.mlp), ACT)
@@ -96,6 +99,7 @@ class EncoderDecoder(TextTransformer):
                                 for _ in range(cfg.dec_layers)])
     self.dec_norm = make_norm(cfg.block) if cfg.norm == "pre" else None
     self.dec_embeddings = DecoderEmbeddings(cfg, rngs=rngs) if cfg.dec_embeddings else None
+    self.dec_rel_bias = relative_bias(cfg.block, False, rngs)  # T5: causal buckets
 
   def __call__(self, enc_tokens: jax.Array, dec_tokens: jax.Array, *,
                enc_segment_ids: jax.Array, dec_segment_ids: jax.Array,
@@ -124,8 +128,10 @@ class EncoderDecoder(TextTransformer):
     else:
       x = constrain(self.dec_embeddings(self.embed(tokens), positions).astype(self.cfg.dtype),
                     ACT)
+    bias = None if self.dec_rel_bias is None else self.dec_rel_bias(positions, positions)
     for block in self.dec_blocks:
-      x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=positions)
+      x = block(x, context, mask=self_mask, cross_mask=cross_mask, positions=positions,
+                bias=bias)
     return x if self.dec_norm is None else constrain(self.dec_norm(x), ACT)
 
 

@@ -43,12 +43,12 @@ class Dense(nnx.Module):
   """
 
   def __init__(self, in_shape: Shape, out_shape: Shape, axes: Sequence[str | None], *,
-               dtype, init_std: float, rngs: nnx.Rngs, out_dtype=None):
+               dtype, init_std: float, rngs: nnx.Rngs, out_dtype=None, use_bias: bool = True):
     in_shape, out_shape = _shape(in_shape), _shape(out_shape)
     if len(axes) != len(in_shape) + len(out_shape):
       raise ValueError(f"axes {axes} do not match kernel shape {in_shape + out_shape}")
     self.kernel = normal_param(rngs, in_shape + out_shape, axes, init_std)
-    self.bias = const_param(out_shape, axes[len(in_shape):], 0.0)
+    self.bias = const_param(out_shape, axes[len(in_shape):], 0.0) if use_bias else None
     self.num_in = len(in_shape)
     self.dtype = jnp.dtype(dtype)
     self.out_dtype = jnp.dtype(out_dtype or dtype)
@@ -57,7 +57,7 @@ class Dense(nnx.Module):
     kernel = self.kernel[...]
     y = mixed_einsum(_contraction(x.ndim, self.num_in, kernel.ndim - self.num_in),
                      x.astype(self.dtype), kernel.astype(self.dtype))
-    return (y + self.bias[...]).astype(self.out_dtype)
+    return (y if self.bias is None else y + self.bias[...]).astype(self.out_dtype)
 
 
 def _contraction(x_ndim: int, num_in: int, num_out: int) -> str:
@@ -100,7 +100,9 @@ class RMSNorm(nnx.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 
-ACTIVATIONS = ("gelu", "gelu_exact", "swiglu")  # Mlp: tanh GELU, erf GELU, gated SiLU
+# Mlp: tanh GELU, erf GELU, ReLU (T5 v1.0), gated SiLU, gated tanh GELU (T5 v1.1).
+ACTIVATIONS = ("gelu", "gelu_exact", "relu", "swiglu", "geglu")
+GATED = {"swiglu": jax.nn.silu, "geglu": lambda x: jax.nn.gelu(x, approximate=True)}
 
 
 def gelu(x: jax.Array, activation: str) -> jax.Array:
@@ -110,22 +112,25 @@ def gelu(x: jax.Array, activation: str) -> jax.Array:
 
 
 class Mlp(nnx.Module):
-  """Position-wise feed-forward: GELU (`gelu`: tanh approximation, `gelu_exact`: erf) or
-  SwiGLU (Shazeer 2020)."""
+  """Position-wise feed-forward: GELU (`gelu`: tanh approximation, `gelu_exact`: erf),
+  ReLU, or gated (Shazeer 2020): SwiGLU, GEGLU."""
 
   def __init__(self, d_model: int, d_ff: int, activation: str, *, dtype, init_std: float,
-               rngs: nnx.Rngs):
-    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs)
+               rngs: nnx.Rngs, use_bias: bool = True):
+    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs,
+                                     use_bias=use_bias)
     self.wi = dense(d_model, d_ff, ("embed", "mlp"))
-    self.gate = dense(d_model, d_ff, ("embed", "mlp")) if activation == "swiglu" else None
+    self.gate = dense(d_model, d_ff, ("embed", "mlp")) if activation in GATED else None
     self.wo = dense(d_ff, d_model, ("mlp", "embed"))
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.gate is None:
-      h = gelu(self.wi(x), self.activation)
+    if self.gate is not None:
+      h = GATED[self.activation](self.gate(x)) * self.wi(x)
+    elif self.activation == "relu":
+      h = jax.nn.relu(self.wi(x))
     else:
-      h = jax.nn.silu(self.gate(x)) * self.wi(x)
+      h = gelu(self.wi(x), self.activation)
     h = constrain(h, ("batch", "length", "act_mlp"))  # (B, L, F)
     return self.wo(h)
 
@@ -192,9 +197,11 @@ class MultiHeadAttention(nnx.Module):
   """Self-attention with head-shaped projections; rotary applied to q, k when set."""
 
   def __init__(self, d_model: int, num_heads: int, *, dtype, init_std: float,
-               rngs: nnx.Rngs, fused_qkv: bool = False, rotary: bool = False):
+               rngs: nnx.Rngs, fused_qkv: bool = False, rotary: bool = False,
+               use_bias: bool = True):
     head_dim = d_model // num_heads
-    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs)
+    dense = lambda i, o, axes: Dense(i, o, axes, dtype=dtype, init_std=init_std, rngs=rngs,
+                                     use_bias=use_bias)
     if fused_qkv:
       self.qkv = dense(d_model, (3, num_heads, head_dim), ("embed", None, "heads", "kv"))
     else:
@@ -204,9 +211,10 @@ class MultiHeadAttention(nnx.Module):
     self.fused_qkv, self.rotary = fused_qkv, rotary
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None,
-               positions: jax.Array | None) -> jax.Array:
+               positions: jax.Array | None, bias: jax.Array | None = None) -> jax.Array:
+    """bias: added to the attention logits (B|1, H, L, L), e.g. T5's relative positions."""
     q, k, v = self.project(x, positions)
-    out = constrain(dot_product_attention(q, k, v, mask), _HEADS)  # (B, L, H, D)
+    out = constrain(dot_product_attention(q, k, v, mask, bias), _HEADS)  # (B, L, H, D)
     return self.out(out)  # (B, L, D)
 
   def project(self, x: jax.Array, positions: jax.Array | None):
@@ -219,3 +227,42 @@ class MultiHeadAttention(nnx.Module):
     if self.rotary:
       q, k = apply_rotary(q, positions), apply_rotary(k, positions)
     return tuple(constrain(t, _HEADS) for t in (q, k, v))
+
+
+def relative_position_buckets(relative: jax.Array, *, bidirectional: bool, num_buckets: int,
+                              max_distance: int) -> jax.Array:
+  """T5's bucket of each relative position (key position - query position; Raffel et al.
+  2020 §2.1): half the buckets exact for small distances, the rest log-spaced up to
+  `max_distance` (farther shares the last bucket); bidirectional splits the buckets between
+  keys before and after the query, unidirectional (a decoder) sees only keys before."""
+  if bidirectional:
+    num_buckets //= 2
+    offset = jnp.where(relative > 0, num_buckets, 0)
+    distance = jnp.abs(relative)
+  else:
+    offset, distance = 0, jnp.maximum(-relative, 0)
+  exact = num_buckets // 2
+  log_ratio = jnp.log(jnp.maximum(distance, 1) / exact) / jnp.log(max_distance / exact)
+  far = jnp.minimum(exact + (log_ratio * (num_buckets - exact)).astype(jnp.int32),
+                    num_buckets - 1)
+  return offset + jnp.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nnx.Module):
+  """A learned scalar per (bucket, head) added to attention logits (T5): one table per
+  stack, shared by its layers."""
+
+  def __init__(self, num_buckets: int, max_distance: int, num_heads: int, *,
+               bidirectional: bool, init_std: float, rngs: nnx.Rngs):
+    self.table = normal_param(rngs, (num_buckets, num_heads), (None, "heads"), init_std)
+    self.num_buckets, self.max_distance = num_buckets, max_distance
+    self.bidirectional = bidirectional
+
+  def __call__(self, q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
+    """positions (B, Lq), (B, Lk) (restarting per packed segment) -> bias (B, H, Lq, Lk)."""
+    relative = k_positions[:, None, :] - q_positions[:, :, None]  # (B, Lq, Lk)
+    buckets = relative_position_buckets(relative, bidirectional=self.bidirectional,
+                                        num_buckets=self.num_buckets,
+                                        max_distance=self.max_distance)
+    return jnp.moveaxis(self.table[...][buckets], -1, 1).astype(jnp.float32)
+

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import (ACTIVATIONS, NORMS, Dense, Embed, LearnedPositions, Mlp,
-                           MultiHeadAttention, const_param, gelu, sinusoidal_positions)
+                           MultiHeadAttention, RelativePositionBias, const_param, gelu,
+                           sinusoidal_positions)
 from models.partitioning import constrain
 from models.precision import MATMUL_NAME
 
@@ -50,6 +51,9 @@ class BlockConfig:
   fused_qkv: bool = False
   scan_layers: bool = False  # one scanned block with stacked params instead of a list
   remat: str = "none"  # see REMAT_POLICIES
+  relative_buckets: int = 0  # > 0: T5 relative position bias, one table per stack
+  relative_max_distance: int = 128
+  use_bias: bool = True  # biases in attention and MLP projections (T5 has none)
 
   def validate(self) -> None:
     check_choice("norm", self.norm, ("pre", "post"))
@@ -75,19 +79,20 @@ class Block(nnx.Module):
     self.attn_norm = make_norm(cfg)
     self.attn = MultiHeadAttention(cfg.d_model, cfg.num_heads, dtype=cfg.dtype,
                                    init_std=cfg.init_std, rngs=rngs,
-                                   fused_qkv=cfg.fused_qkv, rotary=cfg.rotary)
+                                   fused_qkv=cfg.fused_qkv, rotary=cfg.rotary,
+                                   use_bias=cfg.use_bias)
     self.mlp_norm = make_norm(cfg)
     self.mlp = Mlp(cfg.d_model, cfg.d_ff, cfg.activation, dtype=cfg.dtype,
-                   init_std=cfg.init_std, rngs=rngs)
+                   init_std=cfg.init_std, rngs=rngs, use_bias=cfg.use_bias)
     self.post_norm = cfg.norm == "post"
 
-  def __call__(self, x: jax.Array, *, mask, positions) -> jax.Array:
+  def __call__(self, x: jax.Array, *, mask, positions, bias=None) -> jax.Array:
     x = constrain(x, ACT)  # (B, L, D)
     if self.post_norm:
-      x = self.attn_norm(x + self.attn(x, mask=mask, positions=positions))
+      x = self.attn_norm(x + self.attn(x, mask=mask, positions=positions, bias=bias))
       x = self.mlp_norm(x + self.mlp(x))
     else:
-      x = x + self.attn(self.attn_norm(x), mask=mask, positions=positions)
+      x = x + self.attn(self.attn_norm(x), mask=mask, positions=positions, bias=bias)
       x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ACT)
 
@@ -95,6 +100,14 @@ class Block(nnx.Module):
     """The q, k, v (B, L, H, Dh) this block's self-attention computes from its input x."""
     return self.attn.project(constrain(x, ACT) if self.post_norm else self.attn_norm(x),
                              positions)
+
+
+def relative_bias(cfg: BlockConfig, bidirectional: bool, rngs: nnx.Rngs):
+  """The stack's relative position bias table, or None without `relative_buckets`."""
+  if not cfg.relative_buckets:
+    return None
+  return RelativePositionBias(cfg.relative_buckets, cfg.relative_max_distance, cfg.num_heads,
+                              bidirectional=bidirectional, init_std=cfg.init_std, rngs=rngs)
 
 
 class TransformerStack(nnx.Module):
@@ -105,8 +118,10 @@ class TransformerStack(nnx.Module):
   compiles one block body instead of `num_layers` copies.
   """
 
-  def __init__(self, cfg: BlockConfig, num_layers: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BlockConfig, num_layers: int, *, rngs: nnx.Rngs,
+               bidirectional: bool = True):
     cfg.validate()
+    self.rel_bias = relative_bias(cfg, bidirectional, rngs)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=num_layers)
       @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: LAYERS})
@@ -121,10 +136,12 @@ class TransformerStack(nnx.Module):
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None,
                positions: jax.Array | None = None) -> jax.Array:
-    """x (B, L, D), mask bool (B, 1, L, L) or None, positions (B, L) for rotary."""
+    """x (B, L, D), mask bool (B, 1, L, L) or None, positions (B, L) for rotary and the
+    relative position bias."""
+    bias = None if self.rel_bias is None else self.rel_bias(positions, positions)
 
     def apply(x, block):
-      return block(x, mask=mask, positions=positions)
+      return block(x, mask=mask, positions=positions, bias=bias)
 
     if self.remat != "none":
       # prevent_cse keeps XLA from merging the recomputation back into the forward pass;
@@ -147,8 +164,9 @@ class TransformerStack(nnx.Module):
     if self.scan_layers:
       raise ValueError("last_attention_qkv needs model.scan_layers=false")
     *first, last = self.blocks
+    bias = None if self.rel_bias is None else self.rel_bias(positions, positions)
     for block in first:
-      x = block(x, mask=mask, positions=positions)
+      x = block(x, mask=mask, positions=positions, bias=bias)
     return last.attention_qkv(x, positions=positions)
 
 
@@ -161,7 +179,7 @@ class TransformerConfig:
   num_heads: int
   d_ff: int
   max_len: int = 512
-  pos_emb: str = "learned"  # "learned" | "sinusoidal" | "rotary" | "none"
+  pos_emb: str = "learned"  # "learned" | "sinusoidal" | "rotary" | "relative" (T5) | "none"
   norm: str = "pre"  # "post" = BERT
   norm_type: str = "layernorm"
   activation: str = "gelu"
@@ -174,6 +192,9 @@ class TransformerConfig:
   fused_qkv: bool = False
   scan_layers: bool = False
   remat: str = "none"
+  relative_buckets: int = 32  # T5's relative position bias (pos_emb="relative")
+  relative_max_distance: int = 128
+  use_bias: bool = True  # projection biases and the output bias (T5: none)
 
   @property
   def block(self) -> BlockConfig:
@@ -181,10 +202,13 @@ class TransformerConfig:
         d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, norm=self.norm,
         norm_type=self.norm_type, activation=self.activation, dtype=self.dtype,
         ln_eps=self.ln_eps, init_std=self.init_std, rotary=self.pos_emb == "rotary",
-        fused_qkv=self.fused_qkv, scan_layers=self.scan_layers, remat=self.remat)
+        fused_qkv=self.fused_qkv, scan_layers=self.scan_layers, remat=self.remat,
+        relative_buckets=self.relative_buckets if self.pos_emb == "relative" else 0,
+        relative_max_distance=self.relative_max_distance, use_bias=self.use_bias)
 
   def validate(self) -> None:
-    check_choice("pos_emb", self.pos_emb, ("learned", "sinusoidal", "rotary", "none"))
+    check_choice("pos_emb", self.pos_emb, ("learned", "sinusoidal", "rotary", "relative",
+                                           "none"))
     for field in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff", "max_len"):
       if getattr(self, field) <= 0:
         raise ValueError(f"{field}={getattr(self, field)} must be positive")
@@ -210,7 +234,7 @@ class TextTransformer(nnx.Module):
       self.head_norm = make_norm(cfg.block)
     self.unembed = None if cfg.tie_embeddings else Embed(
         cfg.vocab_size, cfg.d_model, init_std=cfg.init_std, rngs=rngs)
-    self.logits_bias = const_param(cfg.vocab_size, ("vocab",), 0.0)
+    self.logits_bias = const_param(cfg.vocab_size, ("vocab",), 0.0) if cfg.use_bias else None
 
   def __call__(self, tokens: jax.Array, *, mask: jax.Array | None,
                positions: jax.Array | None = None) -> jax.Array:
@@ -227,6 +251,26 @@ class TextTransformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     return self.stack.last_attention_qkv(self.embed_tokens(tokens, positions), mask=mask,
                                          positions=positions)
+
+  def layer_states(self, tokens: jax.Array, *, mask: jax.Array | None, positions: jax.Array,
+                   layers) -> dict[int, jax.Array]:
+    """{n: hidden (B, L, D) after block n} for each n in `layers` (0 = the embeddings), in
+    one pass that stops after the last wanted block; pre-LN stacks apply their final norm to
+    each read-out after a block, as to the last. Unscanned stacks only: a scanned stack
+    carries no per-layer outputs."""
+    if self.stack.scan_layers:
+      raise ValueError("layer_states reads intermediate layers: model.scan_layers must be false")
+    wanted, stack = set(layers), self.stack
+    x = self.embed_tokens(tokens, positions)
+    bias = None if stack.rel_bias is None else stack.rel_bias(positions, positions)
+    out = {0: x} if 0 in wanted else {}
+    for n, block in enumerate(stack.blocks, start=1):
+      if n > max(wanted):
+        break
+      x = block(x, mask=mask, positions=positions, bias=bias)
+      if n in wanted:
+        out[n] = x if stack.final_norm is None else stack.final_norm(x)
+    return out
 
   def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     """tokens, positions (B, L) -> (B, L, D) in the compute dtype: token + absolute
@@ -245,7 +289,9 @@ class TextTransformer(nnx.Module):
     if self.cfg.head_transform:
       hidden = self.head_norm(gelu(self.head_dense(hidden), self.cfg.activation))
     table = self.embed if self.unembed is None else self.unembed
-    logits = table.attend(hidden, self.cfg.dtype) + self.logits_bias[...]
+    logits = table.attend(hidden, self.cfg.dtype)
+    if self.logits_bias is not None:
+      logits = logits + self.logits_bias[...]
     if logits.ndim == 3:
       logits = constrain(logits, ("batch", "length", "act_vocab"))
     return logits

@@ -58,8 +58,24 @@ def sincos_grid_positions(grid: tuple[int, ...], dim: int) -> jax.Array:
   return jnp.concatenate(parts, axis=-1)  # (N, dim)
 
 
+class PatchGeometry:
+  """Patch-grid properties of a config with image_size, patch_size and channels fields."""
+
+  @property
+  def grid(self) -> tuple[int, ...]:
+    return _grid(tuple(self.image_size), tuple(self.patch_size))
+
+  @property
+  def num_patches(self) -> int:
+    return math.prod(self.grid)
+
+  @property
+  def patch_dim(self) -> int:
+    return math.prod(self.patch_size) * self.channels
+
+
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(PatchGeometry):
   """ViT encoder (+ MAE decoder fields); sizes by name come from `models.variants`."""
   image_size: tuple[int, ...]
   patch_size: tuple[int, ...]
@@ -68,7 +84,7 @@ class ViTConfig:
   num_heads: int
   d_ff: int
   channels: int = 3
-  pos_emb: str = "sincos"  # fixed per-axis sin-cos (MAE) or "learned"
+  pos_emb: str = "sincos"  # fixed per-axis sin-cos (MAE), "learned" or "none" (MP3)
   use_cls_token: bool = True
   norm: str = "pre"
   activation: str = "gelu"
@@ -82,18 +98,6 @@ class ViTConfig:
   dec_d_ff: int = 2048
   scan_layers: bool = False
   remat: str = "none"
-
-  @property
-  def grid(self) -> tuple[int, ...]:
-    return _grid(tuple(self.image_size), tuple(self.patch_size))
-
-  @property
-  def num_patches(self) -> int:
-    return math.prod(self.grid)
-
-  @property
-  def patch_dim(self) -> int:
-    return math.prod(self.patch_size) * self.channels
 
   @property
   def num_prefix(self) -> int:
@@ -112,7 +116,7 @@ class ViTConfig:
                                num_heads=self.dec_heads, d_ff=self.dec_d_ff)
 
   def validate(self) -> None:
-    check_choice("pos_emb", self.pos_emb, ("sincos", "learned"))
+    check_choice("pos_emb", self.pos_emb, ("sincos", "learned", "none"))
     check_choice("dtype", self.dtype, DTYPES)
     grid = self.grid  # raises unless image_size divides into patch_size
     if self.pos_emb == "sincos":
@@ -158,7 +162,8 @@ class ViT(nnx.Module):
     self.cfg = cfg
     self.patch_embed = Dense(cfg.patch_dim, cfg.d_model, ("patch", "embed"), dtype=cfg.dtype,
                              init_std=cfg.init_std, rngs=rngs)
-    self.pos = PatchPositions(cfg, cfg.d_model, rngs=rngs)
+    self.pos = (PatchPositions(cfg, cfg.d_model, rngs=rngs) if cfg.pos_emb != "none"
+                else None)
     self.cls_token = (normal_param(rngs, (1, 1, cfg.d_model), (None, None, "embed"),
                                    cfg.init_std) if cfg.use_cls_token else None)
     self.stack = TransformerStack(cfg.encoder_block, cfg.num_layers, rngs=rngs)
@@ -166,17 +171,20 @@ class ViT(nnx.Module):
   def embed(self, patches: jax.Array, patch_idx: jax.Array,
             grid: tuple[int, ...] | None = None) -> jax.Array:
     """patches (B, n, P) at indices patch_idx (B, n) of `grid` (default the config's) ->
-    (B, n, D)."""
-    x = self.patch_embed(patches) + self.pos(patch_idx, grid).astype(self.cfg.dtype)
+    (B, n, D); without position embeddings (pos_emb="none") the patches alone."""
+    x = self.patch_embed(patches)
+    if self.pos is not None:
+      x = x + self.pos(patch_idx, grid).astype(self.cfg.dtype)
     return constrain(x, ACT)
 
-  def encode(self, x: jax.Array) -> jax.Array:
-    """Embedded patches (B, n, D) -> tokens (B, prefix + n, D), cls first if used."""
+  def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Embedded patches (B, n, D) -> tokens (B, prefix + n, D), cls first if used; `mask`
+    bool (B, 1, 1 or prefix + n, prefix + n) limits what each token attends (None = all)."""
     if self.cls_token is not None:
       cls = self.cls_token[...].astype(x.dtype)
       cls = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[2]))  # (B, 1, D)
       x = jnp.concatenate([cls, x], axis=1)
-    return self.stack(x, mask=None)
+    return self.stack(x, mask=mask)
 
   def __call__(self, images: jax.Array) -> jax.Array:
     """images (B, *spatial, C), any spatial shape that divides into patches (positions are

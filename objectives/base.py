@@ -45,6 +45,8 @@ class DataInfo:
   sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
   image_shape: tuple[int, ...] = ()  # (H, W, C)
   series_shape: tuple[int, ...] = ()  # (context_len, horizon, resolution ids)
+  audio_shape: tuple[int, ...] = ()  # (frames, mel_bins) of a spectrogram clip
+  video_shape: tuple[int, ...] = ()  # (T, H, W, C)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Objective:
   """Base class; subclasses register an instance with `@register("name")`."""
 
   name: str = ""
-  modality: str = ""  # "text", "image" or "series": which data builder feeds it
+  modality: str = ""  # a MODALITIES name (pretrain/data/modalities.py): which data feeds it
   unit: str = ""      # "tokens", "images" or "windows": what throughput counts
   tokenizer: str = ""  # default tokenizer kind for text objectives
   models: tuple[str, ...] = ()  # model builders (model.name) loss_fn can drive; () = any

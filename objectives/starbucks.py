@@ -27,21 +27,6 @@ from objectives.mlm import MaskedLM, num_predictions
 from pretrain.model_builders import decode_size
 
 
-def layer_states(net, tokens: jax.Array, *, mask: jax.Array, positions: jax.Array,
-                 layers) -> dict[int, jax.Array]:
-  """{n: hidden (B, L, D) after block n} for each n in `layers`, one pass over the stack
-  (pre-LN stacks apply their final norm to each read-out, as to the last)."""
-  stack, wanted = net.stack, set(layers)
-  x, out = net.embed_tokens(tokens, positions), {}
-  for n, block in enumerate(stack.blocks, start=1):
-    x = block(x, mask=mask, positions=positions)
-    if n in wanted:
-      out[n] = x if stack.final_norm is None else stack.final_norm(x)
-    if n == max(wanted):
-      break
-  return out
-
-
 def truncate(hidden: jax.Array, dim: int) -> jax.Array:
   """The first `dim` features of hidden (..., D), the others zeroed."""
   return hidden * (jnp.arange(hidden.shape[-1]) < dim).astype(hidden.dtype)
@@ -78,8 +63,8 @@ class Starbucks(MaskedLM):
     net = model.bind(params)
     pairs = pairs_of(config.objective)
     mask = attention_mask("bidirectional", segment_ids=batch["segment_ids"])
-    states = layer_states(net, batch["inputs"], mask=mask, positions=batch["positions"],
-                          layers=[n for n, _ in pairs])
+    states = net.layer_states(batch["inputs"], mask=mask, positions=batch["positions"],
+                              layers=[n for n, _ in pairs])
     losses, metrics = [], {}
     for n, d in pairs:
       picked = jnp.take_along_axis(states[n], batch["masked_positions"][..., None], axis=1)

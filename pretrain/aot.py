@@ -24,9 +24,7 @@ import objectives  # noqa: F401  (registers objectives)
 import pretrain.model_builders  # noqa: F401  (registers models)
 from objectives.base import DataInfo
 from pretrain import config as config_lib, metrics as metrics_lib, sharding, steps, train
-from pretrain.data import series
-from pretrain.data.packing import pack_documents
-from pretrain.data.sources import image_example
+from pretrain.data.modalities import MODALITIES
 from pretrain.registry import MODELS, OBJECTIVES
 
 GiB = 2 ** 30
@@ -102,14 +100,8 @@ def parse_topology(name: str) -> Slice:
 
 
 def data_info(config, objective) -> DataInfo:
-  """The DataInfo the step's shapes depend on, from the config alone: no corpus read, no
-  tokenizer trained (text ids only need to be below the vocab size)."""
-  if objective.modality == "text":
-    return DataInfo(seq_len=config.data.seq_len, vocab_size=config.data.vocab_size,
-                    mask_id=1, special_ids=(0, 1))
-  if objective.modality == "series":
-    return series.data_info(config.data)
-  return DataInfo(image_shape=(*config.model.image_size, config.model.channels))
+  """The DataInfo the step's shapes depend on, from the config alone."""
+  return MODALITIES.get(objective.modality).abstract_info(config)
 
 
 def abstract_run(config, devices) -> train.Run:
@@ -127,14 +119,8 @@ def abstract_batch(run: train.Run) -> dict[str, jax.ShapeDtypeStruct]:
   examples = run.objective.text_examples(run.config)
   if examples is not None:
     example = examples.example(info)
-  elif run.objective.modality == "text":
-    ids = np.arange(info.seq_len, dtype=np.int32) % info.vocab_size
-    rows = pack_documents([ids], [np.ones(info.seq_len, bool)], info.seq_len, eos_id=0)
-    example = {k: v[0] for k, v in rows.items()}
-  elif run.objective.modality == "series":
-    example = series.example(info)
   else:
-    example = image_example(np.zeros(info.image_shape, np.uint8), 0)
+    example = MODALITIES.get(run.objective.modality).abstract_example(info)
   transform = run.objective.host_transform(run.config, info)
   if transform is not None:
     if getattr(transform, "wants_example_index", False):  # as pipeline.make_iterator adds

@@ -16,7 +16,7 @@ import ml_collections
 
 from configs.base import flatten_keys
 from pretrain import sharding, teacher as teacher_lib
-from pretrain.data import pipeline
+from pretrain.data.modalities import MODALITIES
 from pretrain.data.packing import PACKINGS
 from pretrain.data.tokenizer import KINDS as TOKENIZER_KINDS
 from pretrain.optim import SCHEDULES
@@ -186,7 +186,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(not objective.models or config.model.name in objective.models,
            f"model.name={config.model.name!r} cannot run objective {objective.name!r}; "
            f"valid: {', '.join(objective.models)}")
-  sources = pipeline.SOURCES[objective.modality]
+  sources = MODALITIES.get(objective.modality).sources
   _require(config.data.source in sources,
            f"data.source={config.data.source!r} cannot feed objective {objective.name!r} "
            f"({objective.modality}); valid: {', '.join(sources)}")

@@ -70,7 +70,7 @@ def _default_evaluators(config) -> None:
     return
   objective = OBJECTIVES.get(config.objective.name)
   usable = [n for n in evaluators.EVALUATORS.names()
-            if objective.has_features() or not evaluators.EVALUATORS.get(n).needs_features]
+            if not evaluators.EVALUATORS.get(n).unsupported(config, objective)]
   config.evaluate.evaluators = ",".join(usable)
 
 
@@ -103,12 +103,9 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-def evaluate_checkpoint(config, workdir: str, step: int) -> dict[str, float]:
-  """Restores `step` of the run in `workdir`, runs its evaluators, appends the record."""
-  import jax
-
+def restore(config, workdir: str, step: int):
+  """(Run, train state) of checkpoint `step` of the run in `workdir`, read-only."""
   from pretrain import checkpoint, sharding, train
-  from pretrain.evaluation import evaluators
 
   run = train.setup(config)
   ckpt = checkpoint.Checkpointer(workdir, keep=max(1, len(_checkpoint_steps(workdir))),
@@ -117,9 +114,21 @@ def evaluate_checkpoint(config, workdir: str, step: int) -> dict[str, float]:
     with sharding.activation_context(run.mesh, run.rules):
       target, _ = train.sharded_abstract_state(run)
       state, _ = ckpt.restore(step, target)
-      scores = evaluators.run_all(evaluators.build(run), state)
   finally:
     ckpt.close()
+  return run, state
+
+
+def evaluate_checkpoint(config, workdir: str, step: int) -> dict[str, float]:
+  """Restores `step` of the run in `workdir`, runs its evaluators, appends the record."""
+  import jax
+
+  from pretrain import sharding
+  from pretrain.evaluation import evaluators
+
+  run, state = restore(config, workdir, step)
+  with sharding.activation_context(run.mesh, run.rules):
+    scores = evaluators.run_all(evaluators.build(run), state)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "evaluations.jsonl"), "a") as f:
       f.write(json.dumps({"step": step, **scores}) + "\n")

@@ -9,15 +9,20 @@ from __future__ import annotations
 import dataclasses
 
 from models import variants
+from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, TaggingEncoderDecoder
 from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenConfig,
                                   MultiTokenLM)
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
+from models.point_mae import PointMAE, PointMAEConfig
+from models.predformer import PredFormer, PredFormerConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
+from models.video_vit import VideoMAE, ViTok, ViTokConfig
 from models.vit import MAE, ViTConfig
+from models.vit_pretext import PositionPredictor, SiT, SiTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
 from objectives.base import DataInfo
 from pretrain.registry import MODELS
@@ -69,7 +74,8 @@ class TransformerBuilder:
         activation=model_cfg.activation,
         dtype=model_cfg.dtype, tie_embeddings=model_cfg.tie_embeddings,
         head_transform=model_cfg.head_transform, embed_norm=model_cfg.embed_norm,
-        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg), **{k: size[k] for k in SIZE_KEYS})
+        ln_eps=model_cfg.ln_eps, use_bias=model_cfg.use_bias, **stack_options(model_cfg),
+        **{k: size[k] for k in SIZE_KEYS})
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo(vocab_size=1)).validate()
@@ -274,6 +280,197 @@ class CaeBuilder(MaeBuilder):
 
 
 MODELS.register("cae")(CaeBuilder())
+
+
+class TokenUnifyBuilder(MultiTokenBuilder):
+  """`MultiTokenLM` over image tokens (TokenUnify): the vocabulary is the visual
+  tokenizer's `model.codebook_size` codes plus [MASK]."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiTokenConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size + 1)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("token_unify")(TokenUnifyBuilder())
+
+
+class PointMaeBuilder:
+  """Point-MAE-style encoder/decoder over point tokens (I2P-MAE): `PointMAE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> PointMAEConfig:
+    return PointMAEConfig(
+        group_size=model_cfg.group_size, d_model=model_cfg.d_model,
+        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, d_ff=model_cfg.d_ff,
+        dec_layers=model_cfg.dec_layers, dec_heads=model_cfg.dec_heads,
+        embed_dims=tuple(model_cfg.point_embed_dims), norm=model_cfg.norm,
+        activation=model_cfg.activation, dtype=model_cfg.dtype, ln_eps=model_cfg.ln_eps,
+        **stack_options(model_cfg))
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: PointMAEConfig, rngs):
+    return PointMAE(cfg, rngs=rngs)
+
+
+MODELS.register("point_mae")(PointMaeBuilder())
+
+
+class SiTBuilder(MaeBuilder):
+  """GMML / SiT: ViT over all corrupted patches + rotation and contrastive tokens and a
+  per-patch pixel head of `model.rec_layers` hidden layers (`models.vit_pretext.SiT`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> SiTConfig:
+    return SiTConfig(vit=super().model_config(model_cfg, info),
+                     rec_layers=model_cfg.rec_layers, contrastive_dim=model_cfg.contrastive_dim)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: SiTConfig, rngs):
+    return SiT(cfg, rngs=rngs)
+
+
+class PositionPredictorBuilder(MaeBuilder):
+  """MP3: ViT without position embeddings (model.pos_emb must be none) + an N-way position
+  classifier per patch (`models.vit_pretext.PositionPredictor`)."""
+
+  def validate(self, model_cfg) -> None:
+    if model_cfg.pos_emb != "none":
+      raise ValueError(f"model.pos_emb={model_cfg.pos_emb!r}: position_predictor has no "
+                       "position embeddings; set model.pos_emb=none")
+    super().validate(model_cfg)
+
+  def build(self, cfg: ViTConfig, rngs):
+    return PositionPredictor(cfg, rngs=rngs)
+
+
+MODELS.register("sit")(SiTBuilder())
+MODELS.register("position_predictor")(PositionPredictorBuilder())
+
+
+class SsastBuilder:
+  """SSAST: `models.vit` ViT over one-channel (frames, mel_bins) spectrogram patches (the
+  `mae` model keys, no decoder) + mask embedding + two heads: `SSAST`. The spectrogram
+  shape comes from the data (`DataInfo.audio_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    size = decode_size(model_cfg)
+    patch = tuple(model_cfg.patch_size)
+    # Structure checks only (validate) before data exists; objectives check the data's shape.
+    spectrogram = tuple(info.audio_shape) or patch
+    return ViTConfig(image_size=spectrogram, patch_size=patch, channels=1,
+                     pos_emb=model_cfg.pos_emb, norm=model_cfg.norm,
+                     activation=model_cfg.activation, dtype=model_cfg.dtype,
+                     ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+                     **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: ViTConfig, rngs):
+    return SSAST(cfg, rngs=rngs)
+
+
+class FrameTransformerBuilder:
+  """TERA's frame transformer + prediction head: `FrameTransformer`; the mel bins per frame
+  come from the data (`DataInfo.audio_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> FrameTransformerConfig:
+    size = decode_size(model_cfg)
+    num_bins = info.audio_shape[1] if info.audio_shape else 1  # validate: structure only
+    return FrameTransformerConfig(num_bins=num_bins, norm=model_cfg.norm,
+                                  activation=model_cfg.activation, dtype=model_cfg.dtype,
+                                  ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+                                  **{k: size[k] for k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: FrameTransformerConfig, rngs):
+    return FrameTransformer(cfg, rngs=rngs)
+
+
+MODELS.register("ssast")(SsastBuilder())
+MODELS.register("frame_transformer")(FrameTransformerBuilder())
+
+
+class TubeBuilder(MaeBuilder):
+  """ViT models over patches of images or tubes of videos (`model.patch_size` or the
+  variant's, e.g. vit:B/2x16x16, one side per axis of the data): the input shape comes from
+  `DataInfo.video_shape` (or `image_shape`), no cls token (VideoMAE and ViTok pool or keep
+  every patch token)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTConfig:
+    shape = DataInfo(image_shape=info.video_shape or info.image_shape)
+    return dataclasses.replace(super().model_config(model_cfg, shape), use_cls_token=False)
+
+  def validate(self, model_cfg) -> None:
+    """Before any data is read: the config on an input of exactly one patch."""
+    patch = self.model_config(model_cfg, DataInfo(image_shape=(1, 1))).patch_size
+    self.model_config(model_cfg, DataInfo(image_shape=(*patch, 1))).validate()
+
+
+class VideoMaeBuilder(TubeBuilder):
+  """VideoMAE V2: the MAE encoder and a decoder over the visible latents plus a subset of
+  mask tokens (dual masking): `VideoMAE`."""
+
+  def build(self, cfg: ViTConfig, rngs):
+    return VideoMAE(cfg, rngs=rngs)
+
+
+class ViTokBuilder(TubeBuilder):
+  """ViTok: ViT encoder, linear bottleneck to `model.latent_channels` per token, ViT
+  decoder (the dec_* keys): `ViTok`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ViTokConfig:
+    vit = super().model_config(model_cfg, info)
+    return ViTokConfig(**dataclasses.asdict(vit), latent_channels=model_cfg.latent_channels)
+
+  def build(self, cfg: ViTokConfig, rngs):
+    return ViTok(cfg, rngs=rngs)
+
+
+MODELS.register("videomae")(VideoMaeBuilder())
+MODELS.register("vitok")(ViTokBuilder())
+
+
+
+
+class PredFormerBuilder:
+  """PredFormer (Tang et al. 2024): gated transformer blocks over frame patches, attending
+  as `model.st_attention` / `model.st_pattern` say; frames' size and channels come from the
+  data (`DataInfo.video_shape`)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> PredFormerConfig:
+    # Before data exists (validate), one single-channel frame of one patch stands in.
+    _, height, width, channels = info.video_shape or (1, *model_cfg.patch_size, 1)
+    return PredFormerConfig(
+        image_size=(height, width), patch_size=tuple(model_cfg.patch_size), channels=channels,
+        layout=model_cfg.st_attention, pattern=model_cfg.st_pattern, dtype=model_cfg.dtype,
+        ln_eps=model_cfg.ln_eps, **stack_options(model_cfg),
+        **{k: v for k, v in decode_size(model_cfg).items() if k in SIZE_KEYS})
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: PredFormerConfig, rngs):
+    return PredFormer(cfg, rngs=rngs)
+
+
+MODELS.register("predformer")(PredFormerBuilder())
+
+
+class PatchTokenTransformerBuilder(TransformerBuilder):
+  """`TextTransformer` over video patch tokens (next_block_video): the vocabulary is the
+  k-means codebook of `model.codebook_size` patches (pretrain/data/patch_codebook.py)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> TransformerConfig:
+    info = dataclasses.replace(info, vocab_size=model_cfg.codebook_size)
+    return super().model_config(model_cfg, info)
+
+
+MODELS.register("patch_token_transformer")(PatchTokenTransformerBuilder())
 
 
 # MultiMAE and SparK (imported here so that the additions stay one block at the end).

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from objectives.base import DataInfo, ModelDef, Objective
 from pretrain import checkpoint, config as config_lib, metrics as metrics_lib, optim, sharding
 from pretrain import steps, teacher as teacher_lib
-from pretrain.data import pipeline, series
+from pretrain.data.modalities import MODALITIES
 from pretrain.evaluation import evaluators as evaluators_lib
 from pretrain.registry import MODELS, OBJECTIVES
 
@@ -70,24 +70,7 @@ class Run:
 
 def build_data(config, objective: Objective):
   """(train source, eval source, DataInfo, Tokenizer or None) for the objective's modality."""
-  tok = None
-  if objective.modality == "text":
-    kind = config.data.get("tokenizer") or objective.tokenizer
-    examples = objective.text_examples(config)
-    train_source, tok = pipeline.build_text_dataset(config.data, "train", kind, examples)
-    eval_source, _ = pipeline.build_text_dataset(config.data, "validation", kind, examples)
-    info = DataInfo(seq_len=config.data.seq_len, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                    mask_id=tok.mask_id, special_ids=tuple(int(i) for i in tok.special_ids),
-                    sentence_end_ids=tok.sentence_end_ids())
-  elif objective.modality == "series":
-    train_source, eval_source = (pipeline.build_series_dataset(config.data, split)
-                                 for split in ("train", "validation"))
-    info = series.data_info(config.data)
-  else:
-    train_source = pipeline.build_image_dataset(config.data, "train")
-    eval_source = pipeline.build_image_dataset(config.data, "validation")
-    info = DataInfo(image_shape=tuple(train_source[0]["image"].shape))
-  return train_source, eval_source, info, tok
+  return MODALITIES.get(objective.modality).build(config, objective)
 
 
 def setup(config: ml_collections.ConfigDict) -> Run:

@@ -1,8 +1,11 @@
-"""Small pieces many test files need: a model as the trainer holds it, and cross-entropy
-computed independently in float64 NumPy."""
+"""Small pieces many test files need: a model as the trainer holds it, cross-entropy
+computed independently in float64 NumPy, and the pieces of the Hugging Face parity tests."""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from objectives.base import ModelDef
@@ -21,3 +24,52 @@ def np_cross_entropy(logits, targets) -> np.ndarray:
   top = logits.max(-1, keepdims=True)
   logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
   return logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+def with_params(cls, cfg, flat: dict | None = None, seed: int = 0):
+  """`cls(cfg)` holding `flat` params ('/'-joined paths), or its init perturbed by
+  N(0, 0.05^2): inits start biases and norms constant, which would hide a mapping that swaps
+  two of them."""
+  with nnx.use_eager_sharding(False):
+    model = cls(cfg, rngs=nnx.Rngs(seed))
+  state = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(seed)
+  pure = jax.tree_util.tree_map_with_path(
+      lambda p, leaf: flat[jax.tree_util.keystr(p, simple=True, separator="/")] if flat else
+      np.asarray(leaf) + 0.05 * rng.standard_normal(leaf.shape, np.float32),
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  nnx.update(model, state)
+  return model
+
+
+def torch_and_transformers():
+  """(torch, transformers), or the test is skipped without the hf extra."""
+  torch = pytest.importorskip("torch", reason="parity tests need the hf extra (torch)")
+  return torch, pytest.importorskip("transformers", reason="parity tests need the hf extra")
+
+
+def save_perturbed(model, directory):
+  """An HF model with every tensor perturbed like `with_params`, saved as safetensors."""
+  torch, _ = torch_and_transformers()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(directory), safe_serialization=True)
+  return model.eval()
+
+
+def encoder_decoder_logits(model, enc, dec) -> np.ndarray:
+  """Our encoder-decoder's logits: one packed segment per row, positions 0.. on both sides."""
+  ones = lambda x: jnp.ones(x.shape, jnp.int32)  # noqa: E731
+  pos = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape)  # noqa: E731
+  enc, dec = jnp.asarray(enc), jnp.asarray(dec)
+  hidden = model(enc, dec, enc_segment_ids=ones(enc), dec_segment_ids=ones(dec),
+                 enc_positions=pos(enc), dec_positions=pos(dec))
+  return np.asarray(model.logits(hidden))
+
+
+def hf_seq2seq_logits(model, enc, dec) -> np.ndarray:
+  import torch
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()

@@ -47,8 +47,19 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("contrabert", v) for v in ("tiny", "base")]
             + [("cropmae", v) for v in ("tiny", "S/16")]
             + [("cae", v) for v in ("tiny", "B/16")]
+            + [("token_unify", v) for v in ("tiny", "base")]
+            + [("i2p_mae", v) for v in ("tiny", "point_mae")]
+            + [("gmml", v) for v in ("tiny", "S/16")]
+            + [("position_prediction", v) for v in ("tiny", "B/16")]
+            + [("ssast", v) for v in ("tiny", "patch-base", "frame-base")]
+            + [("tera", v) for v in ("tiny", "base", "medium", "large")]
+            + [("videomae", v) for v in ("tiny", "B", "g")]
+            + [("vitok", v) for v in ("tiny", "tiny_video", "S-B/16", "S-B/4x8")]
+            + [("predformer", v) for v in ("tiny", "mmnist", "mmnist_full", "mmnist_factorized")]
+            + [("next_block", "tiny_video")]
             + [("multimae", v) for v in ("tiny", "B/16")]
             + [("spark", v) for v in ("tiny", "resnet50")])
+
 
 
 def load(recipe: str, variant: str):

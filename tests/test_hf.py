@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,6 +21,8 @@ from models.attention import attention_mask
 from models.transformer import TextTransformer, TransformerConfig
 from pretrain import main as main_lib
 from pretrain.hf import convert
+
+from helpers import save_perturbed, torch_and_transformers, with_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -34,16 +35,10 @@ HF_ACT = {"bert": "gelu", "bert-tanh": "gelu_new"}
 CASES = list(OURS)
 
 
-def _torch():
-  torch = pytest.importorskip("torch", reason="parity tests need the hf extra (torch)")
-  transformers = pytest.importorskip("transformers", reason="parity tests need the hf extra")
-  return torch, transformers
-
-
 def hf_model(arch: str, directory):
   """A randomly initialised tiny HF model, every tensor perturbed (HF initialises biases
   and norms to constants, which would hide mapping errors), saved as safetensors."""
-  torch, tf = _torch()
+  torch, tf = torch_and_transformers()
   torch.manual_seed(0)
   if arch.startswith("bert"):
     cfg = tf.BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2,
@@ -54,26 +49,11 @@ def hf_model(arch: str, directory):
     cfg = tf.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=32,
                         bos_token_id=0, eos_token_id=0)
     model = tf.GPT2LMHeadModel(cfg)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.05 * torch.randn_like(p))
-  model.save_pretrained(str(directory), safe_serialization=True)
-  return model.eval()
+  return save_perturbed(model, directory)
 
 
 def our_model(cfg: TransformerConfig, flat: dict | None = None, seed: int = 0):
-  """Our model with `flat` params ('/'-joined paths), or random ones perturbed like HF's."""
-  with nnx.use_eager_sharding(False):
-    model = TextTransformer(cfg, rngs=nnx.Rngs(seed))
-  state = nnx.state(model, nnx.Param)
-  rng = np.random.default_rng(seed)
-  pure = jax.tree_util.tree_map_with_path(
-      lambda p, leaf: flat[jax.tree_util.keystr(p, simple=True, separator="/")] if flat else
-      np.asarray(leaf) + 0.05 * rng.standard_normal(leaf.shape, np.float32),
-      nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-  nnx.update(model, state)
-  return model
+  return with_params(TextTransformer, cfg, flat, seed)
 
 
 def inputs():
@@ -92,7 +72,7 @@ def ours_logits(model, arch, ids, valid):
 
 
 def hf_logits(model, ids, valid):
-  torch, _ = _torch()
+  torch, _ = torch_and_transformers()
   with torch.no_grad():
     return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(valid)).logits.numpy()
 
@@ -120,7 +100,7 @@ def test_import_matches_hf_logits(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", CASES)
 def test_export_loads_in_hf_with_same_logits(arch, tmp_path):
-  _, tf = _torch()
+  _, tf = torch_and_transformers()
   ours = our_model(OURS[arch])
   if arch == "gpt2":  # GPT-2 has no output bias: a nonzero one is dropped with a note
     ours.logits_bias[...] = jnp.zeros_like(ours.logits_bias[...])

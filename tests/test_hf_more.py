@@ -22,6 +22,9 @@ from pretrain import checkpoint, transfer
 from pretrain import main as main_lib
 from pretrain.hf import convert
 
+from helpers import (encoder_decoder_logits, hf_seq2seq_logits, save_perturbed,
+                     torch_and_transformers, with_params)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One step at lr 0 (warmup from 0): the target's saved params are exactly what it loaded.
 QUICK = ["--config.train.peak_flops_per_device=1e12", "--config.optim.warmup_steps=1",
@@ -168,16 +171,10 @@ BART = EncoderDecoderConfig(vocab_size=128, num_layers=2, d_model=32, num_heads=
                             activation="gelu_exact", dec_layers=2, dec_embeddings=True)
 
 
-def _transformers():
-  pytest.importorskip("torch", reason="parity tests need the hf extra (torch)")
-  return pytest.importorskip("transformers", reason="parity tests need the hf extra")
-
-
 def _bart_hf(directory):
   """A random tiny HF BART, every tensor perturbed (norms and biases start constant),
   saved as safetensors in `directory`."""
-  import torch
-  tf = _transformers()
+  torch, tf = torch_and_transformers()
   torch.manual_seed(0)
   model = tf.BartForConditionalGeneration(tf.BartConfig(
       vocab_size=128, d_model=32, encoder_layers=2, decoder_layers=2,
@@ -185,41 +182,12 @@ def _bart_hf(directory):
       decoder_ffn_dim=64, max_position_embeddings=24, activation_function="gelu",
       pad_token_id=0, dropout=0.0))
   with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.05 * torch.randn_like(p))
     model.final_logits_bias.add_(0.05 * torch.randn_like(model.final_logits_bias))
-  model.save_pretrained(str(directory), safe_serialization=True)
-  return model.eval()
-
-
-def _bart_logits(model, enc, dec) -> np.ndarray:
-  """Ours: one packed segment per row, positions 0.. on both sides."""
-  ones = lambda x: jnp.ones(x.shape, jnp.int32)  # noqa: E731
-  pos = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape)  # noqa: E731
-  enc, dec = jnp.asarray(enc), jnp.asarray(dec)
-  hidden = model(enc, dec, enc_segment_ids=ones(enc), dec_segment_ids=ones(dec),
-                 enc_positions=pos(enc), dec_positions=pos(dec))
-  return np.asarray(model.logits(hidden))
-
-
-def _hf_bart_logits(model, enc, dec) -> np.ndarray:
-  import torch
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()
+  return save_perturbed(model, directory)
 
 
 def _ours(cfg, flat: dict | None = None, seed: int = 0):
-  with nnx.use_eager_sharding(False):
-    model = EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
-  state = nnx.state(model, nnx.Param)
-  rng = np.random.default_rng(seed)
-  pure = jax.tree_util.tree_map_with_path(
-      lambda p, leaf: flat[jax.tree_util.keystr(p, simple=True, separator="/")] if flat else
-      np.asarray(leaf) + 0.05 * rng.standard_normal(leaf.shape, np.float32),
-      nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-  nnx.update(model, state)
-  return model
+  return with_params(EncoderDecoder, cfg, flat, seed)
 
 
 def _bart_inputs():
@@ -232,8 +200,8 @@ def test_bart_import_matches_hf_logits(tmp_path):
   imported = convert.import_hf(str(tmp_path))
   assert imported.config == BART and imported.unused == []
   enc, dec = _bart_inputs()
-  diff = np.abs(_bart_logits(_ours(imported.config, imported.params), enc, dec)
-                - _hf_bart_logits(hf, enc, dec)).max()
+  diff = np.abs(encoder_decoder_logits(_ours(imported.config, imported.params), enc, dec)
+                - hf_seq2seq_logits(hf, enc, dec)).max()
   print(f"\nimport bart logits max |diff| = {diff:.2e}")
   assert diff < 1e-5
   # init_from.path=<HF BART dir>: every param of a dec_embeddings model loads.
@@ -250,9 +218,11 @@ def test_bart_export_matches_hf_logits(tmp_path, shared):
   ours = _ours(cfg)
   notes = convert.export_hf(nnx.to_pure_dict(nnx.state(ours, nnx.Param)), cfg, str(tmp_path))
   assert any("both encoder and decoder" in n for n in notes) == shared
-  hf = _transformers().BartForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+  tf = torch_and_transformers()[1]
+  hf = tf.BartForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
   enc, dec = _bart_inputs()
-  diff = np.abs(_bart_logits(ours, enc, dec) - _hf_bart_logits(hf, enc, dec)).max()
+  diff = np.abs(encoder_decoder_logits(ours, enc, dec)
+                - hf_seq2seq_logits(hf, enc, dec)).max()
   print(f"\nexport bart (shared tables: {shared}) logits max |diff| = {diff:.2e}")
   assert diff < 1e-5
 
@@ -288,7 +258,7 @@ def _vit_diff(ours, hf) -> float:
 
 def test_vit_import_matches_hf(tmp_path):
   import torch
-  tf = _transformers()
+  _, tf = torch_and_transformers()
   torch.manual_seed(0)
   hf = tf.ViTModel(tf.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
                                 num_attention_heads=4, intermediate_size=64, num_channels=3))
@@ -311,17 +281,11 @@ def test_vit_export_matches_hf(tmp_path, pos_emb):
   params = {"encoder": nnx.to_pure_dict(nnx.state(ours, nnx.Param)), "mask_token": np.zeros(1)}
   notes = convert.export_hf(params, cfg, str(tmp_path))
   assert "MAE decoder not exported (ViTModel is the encoder)" in notes
-  hf = _transformers().ViTModel.from_pretrained(str(tmp_path), add_pooling_layer=False).eval()
+  tf = torch_and_transformers()[1]
+  hf = tf.ViTModel.from_pretrained(str(tmp_path), add_pooling_layer=False).eval()
   diff = _vit_diff(ours, hf)
   print(f"\nexport vit ({pos_emb}) max |diff| = {diff:.2e}")
   assert diff < 1e-5
-
-
-def test_t5_import_says_why_it_is_blocked(tmp_path):
-  (tmp_path / "config.json").write_text('{"model_type": "t5"}')
-  (tmp_path / "model.safetensors").write_bytes(b"")
-  with pytest.raises(ValueError, match="relative position bias"):
-    convert.import_hf(str(tmp_path))
 
 
 def test_bad_init_from_vocab_is_a_config_error(tmp_path, capsys):
@@ -337,7 +301,7 @@ def test_bad_init_from_vocab_is_a_config_error(tmp_path, capsys):
 def test_vit_mae_import_matches_hf_reconstruction_and_loss(tmp_path):
   """ViTMAEForPreTraining with a given noise vs our MAE on the patches HF keeps."""
   import torch
-  tf = _transformers()
+  _, tf = torch_and_transformers()
   torch.manual_seed(0)
   hf = tf.ViTMAEForPreTraining(tf.ViTMAEConfig(
       image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -354,7 +354,7 @@ def test_recipes_validate_and_every_key_is_documented(recipe, variant):
 # Raffel et al. 2020 §3.1.1 / §3.7: ~60M, ~220M, ~770M. The count of large's stated shape
 # (24+24 layers, d_model 1024, d_ff 4096, 16 x 64 heads, vocab 32,128 = 32,000 + 100 extra
 # ids padded like T5's checkpoints) is 737.5M weights, 4% under its headline "~770M";
-# large is compared with that count. Ours adds biases, norms and the logits bias.
+# large is compared with that count. Ours adds the norm scales and the relative bias tables.
 def _t5_weights(layers, d, d_ff, vocab=32128):
   return vocab * d + layers * (4 * d * d + 2 * d * d_ff) + layers * (8 * d * d + 2 * d * d_ff)
 

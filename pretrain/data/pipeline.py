@@ -23,7 +23,7 @@ from pretrain.data.corpora import (DNA_RECORDS, READ_LEN, dna_documents, fashion
                                    shakespeare_documents, split_documents)
 from pretrain.data.packing import PACKINGS, pack
 from pretrain.data.phases import PhasedSource, parse_phases
-from pretrain.data.series import SERIES_SOURCES, SeriesWindows, build_series_windows
+from pretrain.data.series import SeriesWindows, build_series_windows
 from pretrain.data.sources import (ImageSource, PackedTextSource, TfdsImageSource, image_folder,
                                    text_file_documents, tfds_documents, tfds_source)
 from pretrain.data.tokenizer import (Tokenizer, file_hash, load_tokenizer_file, tokenizer_path,
@@ -31,7 +31,6 @@ from pretrain.data.tokenizer import (Tokenizer, file_hash, load_tokenizer_file, 
 
 TEXT_SOURCES = ("shakespeare", "python_stdlib", "text_files", "tfds", "dna", "phases")
 IMAGE_SOURCES = ("fashion_mnist", "image_folder", "tfds")
-SOURCES = {"text": TEXT_SOURCES, "image": IMAGE_SOURCES, "series": SERIES_SOURCES}
 IMAGE_SPLITS = ("train", "validation")
 HELDOUT_FRACTION = 0.02
 PACKED_FORMAT = 1  # Part of the packed-cache key: bump it when pack_documents' output changes.

@@ -9,6 +9,8 @@ Train/test membership is decided by a (task-salted) content hash.
 - shakespeare_plays: which of the 8 longest works a passage (4 consecutive paragraphs, about
   600 characters) comes from.
 - code_or_prose: a 600-character chunk of the Python stdlib vs a Shakespeare passage.
+- spoken_digits: which digit word eSpeak NG speaks (pretrain/data/spoken_digits.py); the
+  test speakers (voices) never speak a training example.
 The text passages may also occur in a Shakespeare/stdlib pretraining corpus; their labels
 never do, so a probe still measures what the features encode about the label.
 """
@@ -18,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from pretrain.data import corpora
+from pretrain.data import corpora, spoken_digits as digits
 
 TEST_FRACTION = 0.2
 PARAGRAPHS_PER_PASSAGE = 4
@@ -29,7 +31,8 @@ NUM_PLAYS = 8
 @dataclasses.dataclass(frozen=True)
 class LabelledTask:
   name: str
-  modality: str  # "image": inputs are uint8 (N, H, W[, C]); "text": inputs are strings
+  modality: str  # "image": inputs are uint8 (N, H, W[, C]); "text": inputs are strings;
+  # "audio": inputs are int16 (N, samples) 16 kHz waveforms
   classes: tuple[str, ...]
   train_inputs: object
   train_labels: np.ndarray
@@ -100,7 +103,20 @@ def code_or_prose(cache_dir: str, train_examples: int, test_examples: int) -> La
                      [0] * len(prose) + [1] * len(code), train_examples, test_examples)
 
 
+def spoken_digits(cache_dir: str, train_examples: int, test_examples: int) -> LabelledTask:
+  data = digits.spoken_digits(cache_dir)
+  test = digits.is_test_speaker(data["speaker"])
+  rng = np.random.default_rng(0)
+  out = []
+  for mask, total in ((~test, train_examples), (test, test_examples)):
+    index = np.flatnonzero(mask)
+    keep = index[_balanced(data["label"][index], max(1, total // len(digits.DIGITS)), rng)]
+    out.extend([data["waveform"][keep], data["label"][keep]])
+  return LabelledTask("spoken_digits", "audio", digits.DIGITS, *out)
+
+
 TASKS = {"fashion_mnist": fashion_mnist, "shakespeare_plays": shakespeare_plays,
-         "code_or_prose": code_or_prose}
-MODALITY = {"fashion_mnist": "image", "shakespeare_plays": "text", "code_or_prose": "text"}
-DEFAULT_TASK = {"image": "fashion_mnist", "text": "shakespeare_plays"}
+         "code_or_prose": code_or_prose, "spoken_digits": spoken_digits}
+MODALITY = {"fashion_mnist": "image", "shakespeare_plays": "text", "code_or_prose": "text",
+            "spoken_digits": "audio"}
+DEFAULT_TASK = {"image": "fashion_mnist", "text": "shakespeare_plays", "audio": "spoken_digits"}

@@ -82,9 +82,10 @@ def config_from_hf(hf: dict, activation: str) -> EncoderDecoderConfig:
       dec_embeddings=True)
 
 
-def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: EncoderDecoderConfig
-            ) -> tuple[dict[str, np.ndarray], list[str]]:
-  """HF tensors (consumed from `tensors`) -> our params by path, notes."""
+def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: EncoderDecoderConfig,
+            hf: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+  """HF tensors (consumed from `tensors`) -> our params by path, notes (`cfg` says all this
+  needs of the HF config `hf`)."""
   for name in TIED_COPIES + ((LM_HEAD,) if cfg.tie_embeddings else ()):
     tensors.pop(name, None)  # save_pretrained stores tied copies or not, by version
   ours = {}
@@ -130,5 +131,5 @@ def hf_config(cfg: EncoderDecoderConfig, activation: str) -> dict:
 def check_exportable(cfg: EncoderDecoderConfig) -> dict:
   """Our fields that have no BART counterpart (empty: exportable)."""
   want = dict(norm="post", norm_type="layernorm", pos_emb="learned", embed_norm=True,
-              head_transform=False, fused_qkv=False, scan_layers=False)
+              head_transform=False, fused_qkv=False, scan_layers=False, use_bias=True)
   return {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}

@@ -1,7 +1,7 @@
 """Import and export of Hugging Face `config.json` + `model.safetensors` directories:
 BertForMaskedLM and GPT2LMHeadModel (rule tables in `Arch`), BartForConditionalGeneration
-(pretrain/hf/bart.py), ViTModel (pretrain/hf/vit.py, as MAE's encoder) and, import only,
-ViTMAEForPreTraining; HF T5 is refused with the reason (`BLOCKED`).
+(pretrain/hf/bart.py), T5ForConditionalGeneration (pretrain/hf/t5.py), ViTModel
+(pretrain/hf/vit.py, as MAE's encoder) and, import only, ViTMAEForPreTraining.
 
   python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
   python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
@@ -29,27 +29,22 @@ from models.transformer import TextTransformer, TransformerConfig
 from models.vit import MAE, ViTConfig
 from objectives.base import DataInfo
 from pretrain import checkpoint
-from pretrain.hf import bart, bert, gpt2, vit
+from pretrain.hf import bart, bert, gpt2, t5, vit
 from pretrain.hf.layout import expand
 from pretrain.model_builders import EncoderDecoderBuilder, MaeBuilder, TransformerBuilder
 
 ARCHS = {a.model_type: a for a in (bert.ARCH, gpt2.ARCH)}
 # model_type -> (module with config_from_hf / to_ours / to_hf, HF activation config key)
 SEPARATE = {bart.MODEL_TYPE: (bart, "activation_function"), vit.MODEL_TYPE: (vit, "hidden_act"),
-            vit.MAE_TYPE: (vit, "hidden_act")}
-# Why these have no converter (import names the reason instead of just refusing).
-BLOCKED = {
-    "t5": "HF T5 has relative position bias and scale-only RMSNorm; our encoder_decoder has "
-          "no relative bias (configs/t5.py uses rotary) and LayerNorm with bias, so no exact "
-          "mapping exists",
-}
+            vit.MAE_TYPE: (vit, "hidden_act"), t5.MODEL_TYPE: (t5, "feed_forward_proj")}
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 BUILDERS = {"transformer": TransformerBuilder(), "encoder_decoder": EncoderDecoderBuilder(),
             "mae": MaeBuilder()}
 # Our activation -> the HF name export writes (HF "gelu" is erf, "gelu_new" the tanh form);
 # import also reads "gelu_pytorch_tanh", the same tanh form.
-TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu"}
-FROM_HF_ACT = {**{hf: ours for ours, hf in TO_HF_ACT.items()}, "gelu_pytorch_tanh": "gelu"}
+TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
+FROM_HF_ACT = {**{hf: ours for ours, hf in TO_HF_ACT.items()}, "gelu_pytorch_tanh": "gelu",
+               **{hf: ours for ours, hf in t5.ACTIVATIONS.items()}}
 
 
 def is_hf_dir(path: str) -> bool:
@@ -90,7 +85,8 @@ class Imported:
               **{f"model.{k}": v for k, v in fields.items()}}
     fields = {k: getattr(self.config, k) for k in (
         "num_layers", "d_model", "num_heads", "d_ff", "max_len", "pos_emb", "norm",
-        "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps")}
+        "activation", "tie_embeddings", "head_transform", "embed_norm", "ln_eps",
+        "norm_type", "use_bias")}
     if isinstance(self.config, EncoderDecoderConfig):
       fields.update(name="encoder_decoder", num_decoder_layers=self.config.dec_layers,
                     dec_embeddings=self.config.dec_embeddings, extra_ids=0)
@@ -105,9 +101,6 @@ def import_hf(directory: str) -> Imported:
     hf_cfg = json.load(f)
   if hf_cfg.get("model_type") in SEPARATE:
     return _import_separate(directory, hf_cfg)
-  if hf_cfg.get("model_type") in BLOCKED:
-    raise ValueError(f"{directory}: model_type={hf_cfg['model_type']!r}: "
-                     f"{BLOCKED[hf_cfg['model_type']]}")
   arch = ARCHS.get(hf_cfg.get("model_type"))
   if arch is None:
     raise ValueError(f"{directory}: model_type={hf_cfg.get('model_type')!r} is not one of "
@@ -145,7 +138,13 @@ def _import_separate(directory: str, hf_cfg: dict) -> Imported:
   module, key = SEPARATE[hf_cfg["model_type"]]
   cfg = module.config_from_hf(hf_cfg, _activation(hf_cfg.get(key, "gelu"), key))
   tensors = load_file(os.path.join(directory, WEIGHTS))
-  ours, notes = module.to_ours(tensors, param_shapes(cfg), cfg)
+  ours, notes = module.to_ours(tensors, param_shapes(cfg), cfg, hf_cfg)
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+  odd = [k for k in ("relative_buckets", "relative_max_distance")
+         if getattr(cfg, k, defaults[k]) != defaults[k]]
+  if odd:  # No config key sets them: the imported params are right, --config flags are not.
+    notes.append(f"{', '.join(f'{k}={getattr(cfg, k)}' for k in odd)} differ from the "
+                 f"built-in T5 values; init_from a run of this model needs them in the code")
   return Imported(cfg, ours, sorted(tensors), notes)
 
 
@@ -153,7 +152,7 @@ def _arch_for(cfg: TransformerConfig):
   """The HF architecture our config is, or a one-line error naming what does not fit."""
   arch = {("post", True): bert.ARCH, ("pre", False): gpt2.ARCH}.get(
       (cfg.norm, cfg.head_transform))
-  want = dict(norm_type="layernorm", fused_qkv=False, scan_layers=False,
+  want = dict(norm_type="layernorm", fused_qkv=False, scan_layers=False, use_bias=True,
               **(arch.fixed if arch else {}))
   wrong = {k: getattr(cfg, k) for k, v in want.items() if getattr(cfg, k) != v}
   if cfg.activation not in TO_HF_ACT:
@@ -168,10 +167,12 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
   was folded or dropped."""
   ours = {k: np.asarray(v) for k, v in by_path(params).items()}
-  module = {EncoderDecoderConfig: bart, ViTConfig: vit}.get(type(cfg))
+  module = {EncoderDecoderConfig: t5 if cfg.pos_emb == "relative" else bart,
+            ViTConfig: vit}.get(type(cfg))
   if module is not None:
     wrong = module.check_exportable(cfg)
-    if cfg.activation not in TO_HF_ACT:
+    activations = getattr(module, "ACTIVATIONS", TO_HF_ACT)
+    if cfg.activation not in activations:
       wrong["activation"] = cfg.activation
     if wrong:
       raise ValueError(f"export_hf: no HF {module.ARCHITECTURE} layout for {wrong}")
@@ -180,7 +181,8 @@ def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
       del ours[k]
     tensors, notes = module.to_hf(ours, cfg)
     notes += ["MAE decoder not exported (ViTModel is the encoder)"] if dropped else []
-    architecture, hf_cfg = module.ARCHITECTURE, module.hf_config(cfg, TO_HF_ACT[cfg.activation])
+    architecture = module.ARCHITECTURE
+    hf_cfg = module.hf_config(cfg, activations[cfg.activation])
   else:
     arch, tensors = _arch_for(cfg), {}
     for rule in expand(arch.rules(cfg.tie_embeddings), cfg.num_layers):

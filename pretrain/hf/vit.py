@@ -73,9 +73,10 @@ def config_from_hf(hf: dict, activation: str) -> ViTConfig:
                              dec_d_ff=hf["decoder_intermediate_size"])
 
 
-def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: ViTConfig
+def to_ours(tensors: dict[str, np.ndarray], shapes: dict, cfg: ViTConfig, hf: dict
             ) -> tuple[dict[str, np.ndarray], list[str]]:
-  """HF tensors (consumed from `tensors`; a `vit.` prefix of ViTFor* models stripped)."""
+  """HF tensors (consumed from `tensors`; a `vit.` prefix of ViTFor* models stripped; `cfg`
+  says all this needs of the HF config `hf`)."""
   for name in [n for n in tensors if n.startswith(PREFIX)]:
     tensors[name.removeprefix(PREFIX)] = tensors.pop(name)
   ours = {}
