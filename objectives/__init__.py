@@ -3,6 +3,7 @@ from objectives import (  # noqa: F401
                         bart, cae, causal_lm, codet5, contrabert, contrastive, cropmae,
                         decoder_span_corruption, dino, distill_mlm, drbert, e2s2,
                         encoder_decoder_prefix_lm, ernie3, forecast, frame_prediction, ftp, gmml,
-                        graphcodebert, i2p_mae, mae, mae_distill, minilm, mlm, multi_token, multimae,
-                        next_block, position_prediction, prefix_lm, retromae, span_corruption,
-                        spark, ssast, starbucks, tera, token_unify, unixcoder, videomae, vitok)
+                        graphcodebert, i2p_mae, mae, mae_distill, minilm, mlm, multi_token,
+                        multimae, next_block, position_prediction, prefix_lm, retromae,
+                        span_corruption, spark, ssast, starbucks, tera, token_unify, unixcoder,
+                        videomae, vitok)

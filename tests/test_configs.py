@@ -61,7 +61,6 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("spark", v) for v in ("tiny", "resnet50")])
 
 
-
 def load(recipe: str, variant: str):
   return config_lib.load_config_file(os.path.join(ROOT, "configs", f"{recipe}.py:{variant}"))
 
