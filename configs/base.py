@@ -83,7 +83,7 @@ KEY_DOCS: dict[str, str] = {
     "objective.knn_temperature": "look: tau of the vote weights exp(cosine / tau).",
     "objective.queue_size": "look: features and labels of earlier batches kept as extra kNN memory (FIFO, no gradient; 0 = the batch only).",
     # model
-    "model.name": "Registered model builder (pretrain/model_builders.py): transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, siamese_mae (CropMAE), cae, dino (ViT + projection head), sit (GMML/SiT), position_predictor (MP3), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder), token_unify, point_mae (I2P-MAE), ssast, frame_transformer (TERA), videomae, vitok, predformer, patch_token_transformer (next-block prediction over k-means video patch tokens), clip (ViT + causal text encoder + learnable temperature; CLIP/ALIP), m3ae (one stream over image patches and caption tokens), vit_classifier (ViT + linear head: classify, ssld, look) or ttm (Tiny Time Mixer forecaster).",
+    "model.name": "Registered model builder (pretrain/model_builders.py): transformer (text encoder or decoder), transformer_extra_ids (with model.extra_ids reserved ids), encoder_decoder (T5/BART-style), encoder_decoder_tagger (plus a per-token binary head, CodeT5), mae, siamese_mae (CropMAE), cae, dino (ViT + projection head), sit (GMML/SiT), position_predictor (MP3), drbert (encoder + pretraining-only MLM decoder), multi_branch (ERNIE 3.0 backbone + AE/AR branches), multi_token (trunk + N one-block heads), ftp (encoder + pseudo-sequence decoder), token_unify, point_mae (I2P-MAE), ssast, frame_transformer (TERA), videomae, vitok, predformer, patch_token_transformer (next-block prediction over k-means video patch tokens), clip (ViT + causal text encoder + learnable temperature; CLIP/ALIP), m3ae (one stream over image patches and caption tokens), vit_classifier (ViT + linear head: classify, ssld, look), multimae (shared ViT over several modalities, one decoder each), spark (sparse-masked ResNet + UNet-style decoder) or ttm (Tiny Time Mixer forecaster).",
     "model.variant": "Size name decoded in models/variants.py (e.g. base, L-4_H-256, small, B/16) or 'custom' to use the explicit sizes below.",
     "model.num_layers": "Transformer depth (custom variant, or 0 to take the variant's).",
     "model.d_model": "Hidden width (custom variant, or 0 to take the variant's).",
@@ -252,6 +252,20 @@ KEY_DOCS: dict[str, str] = {
     "model.text_d_model": "clip: text tower width (model.num_layers/d_model/... are the ViT's).",
     "model.text_heads": "clip: text tower attention heads.",
     "model.text_layers": "clip: text tower depth (causal, pooled at the end-of-text token).",
+    # MultiMAE and SparK (objectives/multimae.py, objectives/spark.py)
+    "objective.dirichlet_alpha": "multimae: concentration of the symmetric Dirichlet that splits each example's visible-token budget between the modalities (MultiMAE: 1.0).",
+    "objective.modality_weights": "multimae: loss weight of each modality (image, edges, segments), the weighted losses summed (MultiMAE: all 1).",
+    "objective.num_visible": "multimae: visible tokens per example over all modalities together, at most one modality's patch count (MultiMAE: 98 of 3 x 196).",
+    "model.bottleneck": "spark: ResNet bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion; ResNet-50) instead of basic blocks (two 3x3).",
+    "model.class_embed_dim": "multimae: width of the learned per-pixel class embedding the categorical (segments) input is patched from (MultiMAE: 64).",
+    "model.dec_width": "spark: light decoder width at the coarsest scale, halved after every 2x upsampling (SparK ResNet-50: 512).",
+    "model.segment_classes": "multimae: classes of the segments modality: the image's luminance quantised into this many equal-width bins.",
+    "model.stage_blocks": "spark: residual blocks per ResNet stage; stage i > 0 starts with a stride-2 block (ResNet-50: (3, 4, 6, 3)).",
+    "model.stage_widths": "spark: inner width of each stage's blocks (x4 out for bottlenecks; ResNet-50: (64, 128, 256, 512)).",
+    "model.stem_kernel": "spark: kernel side of the stem convolution (ResNet: 7).",
+    "model.stem_pool": "spark: 3x3 stride-2 max pooling after the stem (ResNet: true).",
+    "model.stem_stride": "spark: stride of the stem convolution (ResNet: 2); the total stride (stem x pool x 2^(stages-1)) is the mask patch side.",
+    "model.stem_width": "spark: output channels of the stem convolution (ResNet: 64).",
 }
 
 

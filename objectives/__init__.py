@@ -4,6 +4,6 @@ from objectives import (  # noqa: F401
                         cropmae, decoder_span_corruption, dino, distill_mlm, drbert, e2s2,
                         encoder_decoder_prefix_lm, ernie3, forecast, frame_prediction, ftp, gmml,
                         graphcodebert, i2p_mae, look, m3ae, mae, mae_distill, minilm, mlm,
-                        multi_token, next_block, position_prediction, prefix_lm, retromae,
-                        span_corruption, ssast, ssld, starbucks, tera, token_unify, unixcoder,
-                        videomae, vitok)
+                        multi_token, multimae, next_block, position_prediction, prefix_lm, retromae,
+                        span_corruption, spark, ssast, ssld, starbucks, tera, token_unify,
+                        unixcoder, videomae, vitok)

@@ -19,8 +19,10 @@ from models.future_tokens import (FutureTokenConfig, FutureTokenLM, MultiTokenCo
                                   MultiTokenLM)
 from models.m3ae import M3AE, M3AEConfig
 from models.multi_branch import MultiBranchConfig, MultiBranchTransformer
+from models.multimae import MultiMAE, MultiMAEConfig
 from models.point_mae import PointMAE, PointMAEConfig
 from models.predformer import PredFormer, PredFormerConfig
+from models.spark import SparK, SparKConfig
 from models.transformer import TextTransformer, TransformerConfig
 from models.tsmixer import TinyTimeMixer, TTMConfig
 from models.video_vit import VideoMAE, ViTok, ViTokConfig
@@ -157,7 +159,6 @@ class DinoBuilder(MaeBuilder):
 
 MODELS.register("dino")(DinoBuilder())
 MODELS.register("encoder_decoder_tagger")(TaggingEncoderDecoderBuilder())
-
 
 
 class DrBertBuilder(TransformerBuilder):
@@ -439,8 +440,6 @@ MODELS.register("videomae")(VideoMaeBuilder())
 MODELS.register("vitok")(ViTokBuilder())
 
 
-
-
 class PredFormerBuilder:
   """PredFormer (Tang et al. 2024): gated transformer blocks over frame patches, attending
   as `model.st_attention` / `model.st_pattern` say; frames' size and channels come from the
@@ -538,3 +537,49 @@ class ClassifierBuilder(MaeBuilder):
 
 
 MODELS.register("vit_classifier")(ClassifierBuilder())
+# MultiMAE and SparK (imported here so that the additions stay one block at the end).
+
+
+class MultiMaeBuilder(MaeBuilder):
+  """MultiMAE: the ViT over the image and its derived modalities (edges, and
+  `model.segment_classes` intensity classes embedded `model.class_embed_dim` wide), one
+  decoder (the dec_* sizes) per modality: `MultiMAE`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> MultiMAEConfig:
+    from objectives.multimae import derived_modalities  # what its host transform adds
+    return MultiMAEConfig(**dataclasses.asdict(super().model_config(model_cfg, info)),
+                          extra_modalities=derived_modalities(model_cfg.segment_classes),
+                          class_embed_dim=model_cfg.class_embed_dim)
+
+  def build(self, cfg: MultiMAEConfig, rngs):
+    return MultiMAE(cfg, rngs=rngs)
+
+
+MODELS.register("multimae")(MultiMaeBuilder())
+
+
+class SparKBuilder:
+  """SparK: sparse ResNet encoder (`model.stem_*`, `model.stage_*`, `model.bottleneck`)
+  + light UNet decoder (`model.dec_width`): `SparK`."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> SparKConfig:
+    if model_cfg.scan_layers or model_cfg.remat != "none":
+      raise ValueError("model.scan_layers / model.remat: the spark CNN has no transformer "
+                       "stack to scan or remat; leave them false / none")
+    image_size = tuple(info.image_shape[:-1]) or tuple(model_cfg.image_size)
+    channels = info.image_shape[-1] if info.image_shape else model_cfg.channels
+    return SparKConfig(
+        image_size=image_size, channels=channels, stem_width=model_cfg.stem_width,
+        stem_kernel=model_cfg.stem_kernel, stem_stride=model_cfg.stem_stride,
+        stem_pool=model_cfg.stem_pool, stage_blocks=tuple(model_cfg.stage_blocks),
+        stage_widths=tuple(model_cfg.stage_widths), bottleneck=model_cfg.bottleneck,
+        dec_width=model_cfg.dec_width, dtype=model_cfg.dtype)
+
+  def validate(self, model_cfg) -> None:
+    self.model_config(model_cfg, DataInfo()).validate()
+
+  def build(self, cfg: SparKConfig, rngs):
+    return SparK(cfg, rngs=rngs)
+
+
+MODELS.register("spark")(SparKBuilder())

@@ -62,7 +62,9 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("m3ae", v) for v in ("tiny", "B/16")]
             + [(r, v) for r in ("classify", "look", "ssld", "ibot") for v in ("tiny", "B/16")]
             + [("minilm", v) for v in ("tiny_assistant", "tiny_from_assistant",
-                                       "L6_H384_from_assistant")])
+                                       "L6_H384_from_assistant")]
+            + [("multimae", v) for v in ("tiny", "B/16")]
+            + [("spark", v) for v in ("tiny", "resnet50")])
 
 
 def load(recipe: str, variant: str):
