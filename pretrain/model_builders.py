@@ -537,7 +537,6 @@ class ClassifierBuilder(MaeBuilder):
 
 
 MODELS.register("vit_classifier")(ClassifierBuilder())
-# MultiMAE and SparK (imported here so that the additions stay one block at the end).
 
 
 class MultiMaeBuilder(MaeBuilder):
