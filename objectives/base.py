@@ -28,25 +28,10 @@ import numpy as np
 from flax import nnx
 
 from models.attention import attention_mask
+from pretrain.data.info import DataInfo
 
 
 NEXT_STATE = "next_objective_state"  # metrics key of a stateful objective's next state
-
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-  """What an objective may know about its data (filled by the trainer from the source)."""
-
-  seq_len: int = 0
-  vocab_size: int = 0
-  pad_id: int = 0
-  mask_id: int = -1
-  special_ids: tuple[int, ...] = ()
-  sentence_end_ids: tuple[int, ...] = ()  # tokens ending a sentence ('.', '!', '?')
-  image_shape: tuple[int, ...] = ()  # (H, W, C)
-  series_shape: tuple[int, ...] = ()  # (context_len, horizon, resolution ids)
-  audio_shape: tuple[int, ...] = ()  # (frames, mel_bins) of a spectrogram clip
-  video_shape: tuple[int, ...] = ()  # (T, H, W, C)
 
 
 @dataclasses.dataclass(frozen=True)

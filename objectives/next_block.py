@@ -25,7 +25,6 @@ from objectives import base
 from objectives.causal_lm import next_token_targets
 from objectives.frame_prediction import clip_strips
 from pretrain.data import patch_codebook, visual_tokens
-from pretrain.data.modalities import MODALITIES
 
 
 @base.register("next_block")
@@ -126,6 +125,8 @@ class NextBlockVideo(NextBlock):
 
   def codebook(self, config) -> np.ndarray:
     """(codebook_size, patch^2 C) centroids, fitted on the training clips once, cached."""
+    # Imported here: the data modules import objectives.base, which loads this package.
+    from pretrain.data.modalities import MODALITIES
     return patch_codebook.fitted_codebook(
         config, lambda: MODALITIES.get(self.modality).build(config, self)[0])
 

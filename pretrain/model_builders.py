@@ -29,7 +29,7 @@ from models.video_vit import VideoMAE, ViTok, ViTokConfig
 from models.vit import MAE, ViTConfig
 from models.vit_pretext import PositionPredictor, SiT, SiTConfig
 from models.vit_variants import CAEConfig, ContextAutoencoder, SiameseMAE
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.registry import MODELS
 
 FAMILIES = {"bert": variants.bert, "gpt2": variants.gpt2, "vit": variants.vit}

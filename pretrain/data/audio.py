@@ -43,10 +43,10 @@ import wave
 
 import numpy as np
 
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.data import pypi
 from pretrain.data.modalities import MODALITIES, Modality
-from pretrain.data.pipeline import cache_dir
+from pretrain.data.cache import cache_dir
 
 POCKETSPHINX = "pocketsphinx==5.1.1"
 POCKETSPHINX_SDIST = "pocketsphinx-5.1.1.tar.gz"
@@ -229,7 +229,7 @@ def _cached_clips(data_cfg, cache_dir: str) -> dict[str, np.ndarray]:
   path = os.path.join(cache_dir, "audio", f"pocketsphinx-{key}.npz")
   if not os.path.exists(path):
     save_npz(path, compute_clips(read_recordings(cache_dir), settings))
-  with np.load(path) as arrays:
+  with np.load(path, allow_pickle=False) as arrays:
     return dict(arrays)
 
 

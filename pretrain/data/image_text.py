@@ -40,7 +40,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.data import pipeline
 from pretrain.data.corpora import heldout_mask
 from pretrain.data.modalities import MODALITIES, Modality

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.data import pipeline, series
 from pretrain.data.packing import pack_documents
 from pretrain.data.sources import image_example

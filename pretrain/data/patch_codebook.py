@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from models.vit import patchify
-from pretrain.data.pipeline import cache_dir
+from pretrain.data.cache import cache_dir
 from pretrain.data.visual_tokens import kmeans
 
 FIT_CLIPS = 256  # training clips whose patches the codebook is fitted on
@@ -46,7 +46,7 @@ def fitted_codebook(config, read_train_source: Callable[[], Any]) -> np.ndarray:
     return _FITTED[digest]
   path = os.path.join(cache_dir(d), "patch_codebook", f"{digest}.npy")
   if os.path.exists(path):
-    codebook = np.load(path)
+    codebook = np.load(path, allow_pickle=False)
   else:
     source = read_train_source()
     picks = np.unique(np.linspace(0, len(source) - 1, FIT_CLIPS).astype(np.int64))

@@ -18,6 +18,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from pretrain.data.cache import cache_dir
 from pretrain.data.corpora import (DNA_RECORDS, READ_LEN, dna_documents, fashion_mnist,
                                    heldout_mask, python_stdlib_documents,
                                    shakespeare_documents, split_documents)
@@ -34,12 +35,6 @@ IMAGE_SOURCES = ("fashion_mnist", "image_folder", "tfds")
 IMAGE_SPLITS = ("train", "validation")
 HELDOUT_FRACTION = 0.02
 PACKED_FORMAT = 1  # Part of the packed-cache key: bump it when pack_documents' output changes.
-
-
-def cache_dir(cfg) -> str:
-  """`data.cache_dir`, else $PRETRAIN_CACHE, else ~/.cache/pretrain."""
-  return (cfg.get("cache_dir") or os.environ.get("PRETRAIN_CACHE")
-          or os.path.join(os.path.expanduser("~"), ".cache", "pretrain"))
 
 
 def _check_source(source: str, valid: tuple[str, ...], what: str) -> None:

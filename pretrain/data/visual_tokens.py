@@ -82,7 +82,7 @@ def fit_codebook(data_cfg, *, patch: tuple[int, int], num_codes: int, iters: int
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(pipeline.cache_dir(data_cfg), "visual_tokens", f"kmeans-{digest}.npy")
   if os.path.exists(path):
-    return np.load(path)
+    return np.load(path, allow_pickle=False)
   source = pipeline.build_image_dataset(data_cfg, "train")
   rng = np.random.default_rng(seed)
   chosen = np.sort(rng.choice(len(source), min(num_images, len(source)), replace=False))
