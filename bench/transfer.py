@@ -1,13 +1,15 @@
 """Small-scale reproductions: does pretraining a tiny model on built-in data help a probe?
 
-  python -m bench.transfer [--rows mae,bert,gpt,t5,bert-self] [--seeds 0,1,2] [--steps 300]
-                           [--json out.json]
+  python -m bench.transfer [--rows mae,bert,gpt,t5,bert-self,...] [--seeds 0,1,2]
+                           [--steps 300] [--evaluators linear_probe,knn] [--json out.json]
 
 For each row and seed, the row's tiny recipe is scored twice with the same evaluators on the
 same fixed labelled task (pretrain/evaluation/tasks.py): once at its random initialisation
 (the seed's init, no training) and once after `--steps` pretraining steps through
 `pretrain.train.train`. Evaluators: a linear probe and a weighted kNN on frozen features
-(test accuracy on held-out examples). Rows:
+(test accuracy on held-out examples) by default; `--evaluators` may add `finetune` (all
+params + a new head trained on the task) and `ast_probe` (per-layer Python syntax probe,
+text rows). Rows:
 
   mae        MAE on Fashion-MNIST train images         -> fashion_mnist (10 classes)
   bert       MLM on Shakespeare                         -> shakespeare_plays (8 works)
@@ -15,6 +17,9 @@ same fixed labelled task (pretrain/evaluation/tasks.py): once at its random init
   t5         span corruption on Shakespeare             -> shakespeare_plays
   bert-self  MLM on the task's own train passages only  -> shakespeare_plays
              ("Never Train from Scratch": self-pretraining on the downstream data)
+  bert-code  MLM on the Python standard library         -> code_or_prose (and ast_probe)
+  dino       DINO on Fashion-MNIST train images         -> fashion_mnist
+  tera       TERA on pocketsphinx's recorded speech     -> spoken_digits (eSpeak NG voices)
 
 The table reports mean +- std over seeds, and what was measured, gains or not.
 """
@@ -37,7 +42,11 @@ from pretrain.evaluation import evaluators, tasks  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 ROWS = {"mae": "mae.py:tiny", "bert": "bert.py:tiny", "gpt": "gpt.py:tiny",
-        "t5": "t5.py:tiny", "bert-self": "bert.py:tiny"}
+        "t5": "t5.py:tiny", "bert-self": "bert.py:tiny", "bert-code": "bert.py:tiny",
+        "dino": "dino.py:tiny", "tera": "tera.py:tiny"}
+ROW_OVERRIDES = {"bert-code": {"data.source": "python_stdlib", "evaluate.task": "code_or_prose"}}
+SCORES = ("linear_probe_", "knn_", "finetune_", "ast_probe_")  # metric prefixes reported
+NOT_SCORES = ("train_accuracy", "train_loss", "best_layer")
 
 
 def _task_passages(directory: str, task_name: str, train_examples: int) -> str:
@@ -50,11 +59,13 @@ def _task_passages(directory: str, task_name: str, train_examples: int) -> str:
   return path
 
 
-def row_config(row: str, seed: int, steps: int, corpus_dir: str):
+def row_config(row: str, seed: int, steps: int, corpus_dir: str,
+               evaluator_names: str = "linear_probe,knn"):
   config = config_lib.load_config_file(os.path.join(CONFIGS, ROWS[row]))
   overrides = {"seed": seed, "train.steps": steps, "train.eval_every": 0,
                "train.checkpoint_every": steps, "train.log_every": max(1, steps // 5),
-               "evaluate.evaluators": "linear_probe,knn", "evaluate.every": 0}
+               "evaluate.evaluators": evaluator_names, "evaluate.every": 0,
+               **ROW_OVERRIDES.get(row, {})}
   if row == "bert-self":
     task = tasks.DEFAULT_TASK["text"]
     overrides.update({"data.source": "text_files",
@@ -74,8 +85,7 @@ def scores_at_init(config) -> dict[str, float]:
 
 def scores_after_pretraining(config, workdir: str) -> dict[str, float]:
   last = train.train(config, workdir)
-  return {k: v for k, v in last.items()
-          if k.startswith(("linear_probe_", "knn_")) and not k.endswith("train_accuracy")}
+  return {k: v for k, v in last.items() if k.startswith(SCORES) and not k.endswith(NOT_SCORES)}
 
 
 def _summary(values: list[float]) -> str:
@@ -89,6 +99,7 @@ def main() -> None:
   parser.add_argument("--rows", default=",".join(ROWS))
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--steps", type=int, default=300)
+  parser.add_argument("--evaluators", default="linear_probe,knn")
   parser.add_argument("--json", default="")
   args = parser.parse_args()
   rows = args.rows.split(",")
@@ -100,7 +111,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     for row in rows:
       for seed in seeds:
-        config = row_config(row, seed, args.steps, tmp)
+        config = row_config(row, seed, args.steps, tmp, args.evaluators)
         init = scores_at_init(config)
         trained = scores_after_pretraining(config, os.path.join(tmp, f"{row}-{seed}"))
         for metric in sorted(trained):
