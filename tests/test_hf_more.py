@@ -16,7 +16,7 @@ from PIL import Image
 from tokenizers import decoders, models, pre_tokenizers
 
 from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from models.vit import MAE, ViT, ViTConfig, patchify
+from models.vit import MAE, ViT, ViTConfig, patchify, sincos_grid_positions
 from objectives.mae import masked_mse
 from pretrain import checkpoint, transfer
 from pretrain import main as main_lib
@@ -322,6 +322,12 @@ def test_vit_mae_import_matches_hf_reconstruction_and_loss(tmp_path):
   state = nnx.state(ours, nnx.Param)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, checkpoint.unflatten(imported.params)))
   nnx.update(ours, state)
+  _assert_mae_parity(ours, hf, "import vit_mae")
+
+
+def _assert_mae_parity(ours: MAE, hf, what: str) -> None:
+  """Reconstruction (logits) and loss (pixel targets) for the same noise, within 1e-5."""
+  import torch
   rng = np.random.default_rng(3)
   images = rng.normal(size=(2, 16, 16, 3)).astype(np.float32)
   noise = rng.random((2, 16)).astype(np.float32)
@@ -329,10 +335,48 @@ def test_vit_mae_import_matches_hf_reconstruction_and_loss(tmp_path):
     out = hf.eval()(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)),
                     noise=torch.tensor(noise))
   keep = jnp.asarray(np.argsort(noise, axis=1, kind="stable")[:, :4])  # int(16 * 0.25)
-  patches = patchify(jnp.asarray(images), cfg.patch_size)
+  patches = patchify(jnp.asarray(images), ours.cfg.patch_size)
   pred = ours.decode(ours.encode(patches, keep), keep, 16)
   diff = float(np.abs(np.asarray(pred) - out.logits.numpy()).max())
   loss = float(masked_mse(pred, patches, jnp.asarray(out.mask.numpy())))
-  print(f"\nimport vit_mae reconstruction max |diff| = {diff:.2e}, loss {loss:.6f} vs "
+  print(f"\n{what} reconstruction max |diff| = {diff:.2e}, loss {loss:.6f} vs "
         f"{out.loss.item():.6f}")
   assert diff < 1e-5 and abs(loss - out.loss.item()) < 1e-5
+
+
+MAE_CFG = dataclasses.replace(VIT, dec_d_model=16, dec_layers=1, dec_heads=2, dec_d_ff=32)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "sincos"])
+def test_vit_mae_export_matches_hf_reconstruction_and_loss(tmp_path, pos_emb):
+  """Our MAE (encoder and decoder positions learned or fixed sin-cos) -> HF
+  ViTMAEForPreTraining; and back: import gives the exported params again."""
+  cfg = dataclasses.replace(MAE_CFG, pos_emb=pos_emb)
+  ours = with_params(MAE, cfg)
+  params = nnx.to_pure_dict(nnx.state(ours, nnx.Param))
+  notes = convert.export_hf(params, cfg, str(tmp_path), architecture="ViTMAEForPreTraining",
+                            objective={"mask_ratio": 0.75, "norm_pix_loss": False})
+  assert ("the decoder's fixed sin-cos grid written as its position table" in notes) == (
+      pos_emb == "sincos")
+  tf = torch_and_transformers()[1]
+  hf = tf.ViTMAEForPreTraining.from_pretrained(str(tmp_path))
+  assert (hf.config.decoder_hidden_size, hf.config.mask_ratio, hf.config.norm_pix_loss) == (
+      16, 0.75, False)
+  _assert_mae_parity(ours, hf, f"export vit_mae ({pos_emb})")
+  imported = convert.import_hf(str(tmp_path))
+  assert imported.config == dataclasses.replace(cfg, pos_emb="learned")
+  flat = convert.by_path(params)
+  if pos_emb == "sincos":  # imported as the learned tables it was written as
+    flat.update({"encoder/pos/learned/table": sincos_grid_positions(cfg.grid, cfg.d_model),
+                 "dec_pos/learned/table": sincos_grid_positions(cfg.grid, cfg.dec_d_model)})
+  assert imported.unused == [] and imported.params.keys() == flat.keys()
+  for k, v in imported.params.items():
+    np.testing.assert_array_equal(v, np.asarray(flat[k]), err_msg=k)
+
+
+def test_vit_mae_export_needs_the_decoder(tmp_path):
+  params = {"encoder": nnx.to_pure_dict(nnx.state(_our_vit(VIT), nnx.Param))}
+  with pytest.raises(ValueError, match="needs an MAE's decoder"):
+    convert.export_hf(params, VIT, str(tmp_path), architecture="ViTMAEForPreTraining")
+  with pytest.raises(ValueError, match="valid: None"):
+    convert.export_hf(params, VIT, str(tmp_path), architecture="BertForMaskedLM")

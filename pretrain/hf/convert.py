@@ -1,10 +1,12 @@
 """Import and export of Hugging Face `config.json` + `model.safetensors` directories:
 BertForMaskedLM and GPT2LMHeadModel (rule tables in `Arch`), BartForConditionalGeneration
 (pretrain/hf/bart.py), T5ForConditionalGeneration (pretrain/hf/t5.py), ViTModel
-(pretrain/hf/vit.py, as MAE's encoder), CLIPModel (pretrain/hf/clip.py) and, import only,
-ViTMAEForPreTraining.
+(pretrain/hf/vit.py, as MAE's encoder), CLIPModel (pretrain/hf/clip.py) and
+ViTMAEForPreTraining (pretrain/hf/vit.py, MAE's encoder and decoder; export on request).
 
   python -m pretrain.hf.convert export --workdir=runs/bert --out=hf/bert [--step=N]
+  python -m pretrain.hf.convert export --workdir=runs/mae --out=hf/mae \
+      --architecture=ViTMAEForPreTraining    # default for an MAE run: ViTModel (the encoder)
   python -m pretrain.hf.convert import --hf=hf/bert    # config flags + what has no counterpart
 
 Training from an HF directory needs no conversion: `--config.init_from.path=<hf dir>`
@@ -182,13 +184,38 @@ def _arch_for(cfg: TransformerConfig):
   return arch
 
 
-def export_hf(params, cfg: TransformerConfig, directory: str) -> list[str]:
+def export_hf(params, cfg: TransformerConfig, directory: str, architecture: str | None = None,
+              objective: dict | None = None) -> list[str]:
   """Writes our params (a pure params tree) as an HF directory; returns notes on what
-  was folded or dropped."""
+  was folded or dropped. `architecture`: None writes the config's HF counterpart (an MAE's
+  encoder as ViTModel); "ViTMAEForPreTraining" writes an MAE whole, with `objective`'s
+  mask_ratio and norm_pix_loss (default: configs/mae.py's 0.75 and True) in its config."""
   ours = {k: np.asarray(v) for k, v in by_path(params).items()}
   module = {EncoderDecoderConfig: t5 if getattr(cfg, "pos_emb", "") == "relative" else bart,
             ViTConfig: vit, CLIPConfig: clip}.get(type(cfg))
-  if module is not None:
+  if architecture not in (None, getattr(module, "ARCHITECTURE", None)):
+    if architecture != vit.MAE_ARCHITECTURE or module is not vit:
+      raise ValueError(f"export_hf: architecture={architecture!r} does not fit a "
+                       f"{type(cfg).__name__}; valid: None (its default)"
+                       + (f", {vit.MAE_ARCHITECTURE}" if module is vit else ""))
+    if "mask_token" not in ours:
+      raise ValueError(f"export_hf: {vit.MAE_ARCHITECTURE} needs an MAE's decoder, and these "
+                       "params have none (no mask_token): export ViTModel instead")
+  if architecture == vit.MAE_ARCHITECTURE:
+    wrong = vit.check_exportable(cfg)
+    if cfg.activation not in TO_HF_ACT:
+      wrong["activation"] = cfg.activation
+    if wrong:
+      raise ValueError(f"export_hf: no HF {architecture} layout for {wrong}")
+    tensors, notes = vit.to_hf_mae(ours, cfg)
+    objective = objective or {}
+    hf_cfg = vit.hf_mae_config(cfg, TO_HF_ACT[cfg.activation],
+                               float(objective.get("mask_ratio", 0.75)),
+                               bool(objective.get("norm_pix_loss", True)))
+    if hf_cfg["norm_pix_loss"]:
+      notes.append("norm_pix_loss: HF divides by the unbiased (n - 1) patch variance, ours "
+                   "by the population one: its loss differs slightly")
+  elif module is not None:
     wrong = module.check_exportable(cfg)
     activations = getattr(module, "ACTIVATIONS", TO_HF_ACT)
     if cfg.activation not in activations:
@@ -248,12 +275,18 @@ def main(argv: list[str]) -> int:
   export.add_argument("--workdir", required=True)
   export.add_argument("--out", required=True)
   export.add_argument("--step", type=int, default=-1)
+  export.add_argument("--architecture", default=None, choices=[vit.MAE_ARCHITECTURE],
+                      help="an MAE run with its decoder (default: the run's usual HF "
+                           "counterpart; an MAE's is ViTModel, the encoder)")
   imp = commands.add_parser("import", help="an HF directory -> the config flags that fit it")
   imp.add_argument("--hf", required=True)
   args = parser.parse_args(argv)
   try:
     if args.command == "export":
-      notes = export_hf(*load_run(args.workdir, args.step), args.out)
+      with open(os.path.join(args.workdir, CONFIG)) as f:
+        objective = json.load(f).get("objective", {})
+      notes = export_hf(*load_run(args.workdir, args.step), args.out, args.architecture,
+                        objective)
       print(f"wrote {args.out}/{CONFIG} and {WEIGHTS}")
     else:
       imported = import_hf(args.hf)

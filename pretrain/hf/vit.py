@@ -1,5 +1,5 @@
-"""ViTModel <-> our ViT (models/vit.py), the encoder of the registered `mae` model; import
-also reads ViTMAEForPreTraining (encoder and decoder) into our MAE.
+"""ViTModel <-> our ViT (models/vit.py), the encoder of the registered `mae` model, and
+ViTMAEForPreTraining (encoder and decoder) <-> our MAE, both directions.
 
 Our params are keyed as MAE's `encoder/...` subtree (the only registered image model), so an
 HF ViT directory loads as `init_from.path` into an MAE run's encoder. Differences handled:
@@ -8,7 +8,9 @@ HF ViT directory loads as `init_from.path` into an MAE run's encoder. Difference
 - the patch projection is a Conv2d (D, C, ph, pw); ours a Dense over patches flattened as
   (ph, pw, C) (`patchify`);
 - a fixed sin-cos model exports its grid as HF's learned table (exact; it imports learned);
-- the pooler (HF ViTModel's default) has no counterpart: reported unused, not exported.
+- the pooler (HF ViTModel's default) has no counterpart: reported unused, not exported;
+- the MAE decoder's position table has a zero row for the cls token (ours adds none there);
+  a fixed sin-cos decoder exports its grid there as the encoder's does.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from models.vit import ViTConfig, sincos_grid_positions
 from pretrain.hf.layout import Rule, expand
 
 ARCHITECTURE, MODEL_TYPE, PREFIX, OURS = "ViTModel", "vit", "vit.", "encoder/"
-MAE_TYPE, DEC_POSITIONS = "vit_mae", "decoder.decoder_pos_embed"
+MAE_ARCHITECTURE, MAE_TYPE = "ViTMAEForPreTraining", "vit_mae"
+DEC_POSITIONS, MASK_TOKEN = "decoder.decoder_pos_embed", "decoder.mask_token"
 # transformers 5 names the decoder layers like the encoder's; older versions `decoder_layers`.
 DEC_LAYER, LEGACY_DEC_LAYER = "decoder.decoder_encoder.layer.{i}.", "decoder.decoder_layers."
 CLS, POSITIONS = "embeddings.cls_token", "embeddings.position_embeddings"
@@ -114,7 +117,7 @@ def _decoder_rules(cfg: ViTConfig) -> list[Rule]:
             for w, leaf, kind in (("weight", "kernel", "linear"), ("bias", "bias", "vector"))),
           Rule("decoder.decoder_norm.weight", ("decoder/final_norm/scale",)),
           Rule("decoder.decoder_norm.bias", ("decoder/final_norm/bias",)),
-          Rule("decoder.mask_token", ("mask_token",))]
+          Rule(MASK_TOKEN, ("mask_token",))]
 
 
 def _decoder_to_ours(tensors: dict, shapes: dict, cfg: ViTConfig, ours: dict) -> list[str]:
@@ -134,18 +137,38 @@ def _decoder_to_ours(tensors: dict, shapes: dict, cfg: ViTConfig, ours: dict) ->
           "not recomputed)"]
 
 
+def _positions_to_hf(ours: dict, table: str, cfg: ViTConfig, dim: int) -> tuple[np.ndarray, bool]:
+  """HF's (1, 1 + N, dim) table: a zero cls row, then our learned `table` (consumed) or the
+  fixed sin-cos grid; and whether it was the grid."""
+  fixed = cfg.pos_emb != "learned"
+  grid = np.asarray(sincos_grid_positions(cfg.grid, dim)) if fixed else ours.pop(table)
+  return np.concatenate([np.zeros((1, dim), np.float32), grid])[None], fixed
+
+
 def to_hf(ours: dict[str, np.ndarray], cfg: ViTConfig) -> tuple[dict[str, np.ndarray], list[str]]:
   """Our `encoder/...` params (consumed from `ours`) -> HF ViTModel tensors, notes."""
   tensors = {rule.hf: rule.to_hf([ours.pop(o) for o in rule.ours]) for rule in rules(cfg)}
   tensors[CONV + "weight"] = dense_to_conv(ours.pop(OURS + "patch_embed/kernel"), cfg)
   notes = ["cls_token's position written as zeros (ours adds none to cls)"]
-  if cfg.pos_emb == "learned":
-    grid = ours.pop(OURS + "pos/learned/table")
-  else:
-    grid = np.asarray(sincos_grid_positions(cfg.grid, cfg.d_model))
-    notes.append("the fixed sin-cos grid written as the learned position table")
-  tensors[POSITIONS] = np.concatenate([np.zeros((1, cfg.d_model), np.float32), grid])[None]
+  tensors[POSITIONS], fixed = _positions_to_hf(ours, OURS + "pos/learned/table", cfg, cfg.d_model)
+  notes += ["the fixed sin-cos grid written as the learned position table"] if fixed else []
   tensors[CLS] = ours.pop(OURS + "cls_token")
+  return tensors, notes
+
+
+def to_hf_mae(ours: dict[str, np.ndarray], cfg: ViTConfig
+              ) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Our MAE params (consumed from `ours`) -> HF ViTMAEForPreTraining tensors, notes: the
+  encoder as `to_hf` under `vit.`, the decoder by `_decoder_to_ours`'s rules inverted."""
+  encoder, notes = to_hf(ours, cfg)
+  tensors = {PREFIX + n: t for n, t in encoder.items()}
+  tensors.update({rule.hf: rule.to_hf([ours.pop(o) for o in rule.ours])
+                  for rule in _decoder_rules(cfg)})
+  tensors[MASK_TOKEN] = tensors[MASK_TOKEN].reshape(1, 1, -1)  # HF's (1, 1, Dd), not a vector
+  tensors[DEC_POSITIONS], fixed = _positions_to_hf(ours, "dec_pos/learned/table", cfg,
+                                                   cfg.dec_d_model)
+  notes.append("the decoder's cls position written as zeros (HF's layout; ours adds none)")
+  notes += ["the decoder's fixed sin-cos grid written as its position table"] if fixed else []
   return tensors, notes
 
 
@@ -156,6 +179,17 @@ def hf_config(cfg: ViTConfig, activation: str) -> dict:
           "hidden_act": activation, "layer_norm_eps": cfg.ln_eps,
           "image_size": cfg.image_size[0], "patch_size": cfg.patch_size[0],
           "num_channels": cfg.channels, "qkv_bias": True, "dtype": "float32"}
+
+
+def hf_mae_config(cfg: ViTConfig, activation: str, mask_ratio: float,
+                  norm_pix_loss: bool) -> dict:
+  """ViTMAEConfig: `hf_config`'s keys, the decoder's sizes and the objective's two keys."""
+  return {**hf_config(cfg, activation), "architectures": [MAE_ARCHITECTURE],
+          "model_type": MAE_TYPE, "decoder_hidden_size": cfg.dec_d_model,
+          "decoder_num_hidden_layers": cfg.dec_layers,
+          "decoder_num_attention_heads": cfg.dec_heads,
+          "decoder_intermediate_size": cfg.dec_d_ff, "mask_ratio": mask_ratio,
+          "norm_pix_loss": norm_pix_loss}
 
 
 def check_exportable(cfg: ViTConfig) -> dict:
