@@ -8,7 +8,7 @@ Variants: tiny (Fashion-MNIST's 10 classes on CPU, 7x7 patches) and B/16 (ViT-B/
 """
 from __future__ import annotations
 
-from configs import mae
+from configs import mae, spark
 from configs.base import tiny_schedule
 
 # Left out: ImageNet-21k / JFT pre-training, the ViT paper's dropout 0.1 (our blocks have
@@ -28,6 +28,19 @@ def vit_classifier(variant: str, num_classes: int):
   del c.objective.mask_ratio, c.objective.norm_pix_loss
   c.model.name = "vit_classifier"
   c.model.num_classes = num_classes
+  return c
+
+
+RESNET_KEYS = ("stem_width", "stem_kernel", "stem_stride", "stem_pool", "stage_blocks",
+               "stage_widths", "bottleneck")
+
+
+def use_resnet(c, tiny: bool):
+  """Swap `c`'s ViT for SparK's ResNet (tiny: its three basic-block stages, else ResNet-50),
+  nothing masked: the `resnet_classifier` (the ViT's size keys stay, unread)."""
+  resnet = spark.get_config("tiny" if tiny else "resnet50").model
+  c.model.update({key: resnet[key] for key in RESNET_KEYS})
+  c.model.name = "resnet_classifier"
   return c
 
 

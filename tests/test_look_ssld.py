@@ -5,6 +5,7 @@ by parameter count, and the tiny recipes through `pretrain.main`: classify, then
 distilling that run, and LOOK."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -13,7 +14,9 @@ import pytest
 from flax import nnx
 
 import objectives  # noqa: F401  (registers objectives)
-from models.classifier import ClassifierConfig, ViTClassifier
+from models.classifier import (ClassifierConfig, ResNetClassifier, ResNetClassifierConfig,
+                               ViTClassifier)
+from models.spark import SparK, SparKConfig
 from models.vit import ViTConfig
 from objectives import base
 from objectives.base import DataInfo, Teacher
@@ -172,11 +175,13 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expect
   assert code == 2 and expected in err and err.count("\n") == 1, err
 
 
-def _param_count(model_cfg) -> int:
-  builder = MODELS.get("vit_classifier")
+def _abstract(model_cfg, name: str = "vit_classifier"):
   with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: builder.build(model_cfg, nnx.Rngs(0)))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    return nnx.eval_shape(lambda: MODELS.get(name).build(model_cfg, nnx.Rngs(0)))
+
+
+def _param_count(model_cfg, name: str = "vit_classifier") -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(_abstract(model_cfg, name), nnx.Param)))
 
 
 @pytest.mark.parametrize("recipe", ["classify.py:B/16", "look.py:B/16", "ssld.py:B/16"])
@@ -190,6 +195,46 @@ def test_paper_sizes_have_the_vit_paper_param_counts(recipe):
   if teacher_lib.kind(config) != "none":
     teacher = teacher_lib.model_config(config, DataInfo())
     assert abs(_param_count(teacher) / 307e6 - 1) < 0.02, _param_count(teacher)
+
+
+def test_look_r50_is_torchvision_resnet50():
+  """torchvision's resnet50: 25,557,032 params, of which its 2048 x 1000 fc (+ bias) is
+  2,049,000; look:R50 has no head (23,508,032), classify's 1000-class head brings it back."""
+  config = _recipe("look.py:R50")
+  builder = MODELS.get("resnet_classifier")
+  cfg = builder.model_config(config.model, DataInfo(image_shape=(224, 224, 3)))
+  assert cfg.feature_dim == 2048 and cfg.num_classes == 0
+  backbone = _param_count(cfg, "resnet_classifier")
+  assert abs(backbone / (25_557_032 - 2_049_000) - 1) < 0.02, backbone
+  with_fc = _param_count(dataclasses.replace(cfg, num_classes=1000), "resnet_classifier")
+  assert with_fc - backbone == 2_049_000 and abs(with_fc / 25_557_032 - 1) < 0.02, with_fc
+
+
+def test_resnet_classifier_is_spark_encoder_with_nothing_masked():
+  """The same weights in SparK: its encoder's last map with every patch visible, averaged
+  over positions, is the feature; the same images with a patch masked in SparK give a
+  different feature (so the mask is really all-visible, not ignored); logits = head."""
+  resnet = SparKConfig(image_size=(8, 8), channels=1, stem_width=4, stem_kernel=3,
+                       stem_pool=False, stage_blocks=(1, 1), stage_widths=(4, 8),
+                       bottleneck=False, dec_width=8)
+  model, params = build(ResNetClassifier, ResNetClassifierConfig(resnet, num_classes=3))
+  spark, spark_params = build(SparK, resnet)
+  spark_params["encoder"] = params["encoder"]
+  images = _images(5)
+  visible = np.ones((5, *resnet.grid), bool)
+  masked = visible.copy()
+  masked[0, 0, 0] = False
+  features, logits, want, other = jax.jit(lambda: (
+      model.bind(params).features(images), model.bind(params)(images),
+      *(spark.bind(spark_params).encoder(images, a)[-1].mean((1, 2))
+        for a in (visible, masked))))()
+  assert features.shape == (5, 8)
+  np.testing.assert_allclose(features, want, rtol=1e-6)
+  assert not np.allclose(features, other, atol=1e-4)
+  head = params["head"]
+  np.testing.assert_allclose(
+      logits, np.asarray(features) @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+      rtol=1e-5, atol=1e-6)
 
 
 # --- the tiny recipes through pretrain.main ----------------------------------------------
@@ -227,6 +272,6 @@ def test_ssld_tiny_distils_the_classify_run_through_main(classify_run, tmp_path,
   assert min(kl) >= 0 and _falls(kl, 0.3), kl
 
 
-def test_look_tiny_trains_through_main(tmp_path):
-  loss = [r["loss"] for r in _run(tmp_path, "look.py:tiny")]
+def test_look_tiny_resnet_trains_through_main(tmp_path):
+  loss = [r["loss"] for r in _run(tmp_path, "look.py:tiny_resnet")]
   assert _falls(loss, 0.85), loss
