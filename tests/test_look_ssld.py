@@ -6,7 +6,6 @@ by parameter count, the ResNet classifier against SparK's encoder, and the tiny 
 through `pretrain.main`: classify, then SSLD distilling that run, and LOOK on a ResNet."""
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import jax
@@ -199,16 +198,18 @@ def test_paper_sizes_have_the_vit_paper_param_counts(recipe):
     assert abs(_param_count(teacher) / 307e6 - 1) < 0.02, _param_count(teacher)
 
 
-def test_look_r50_is_torchvision_resnet50():
+def test_look_and_classify_r50_are_torchvision_resnet50():
   """torchvision's resnet50: 25,557,032 params, of which its 2048 x 1000 fc (+ bias) is
-  2,049,000; look:R50 has no head (23,508,032), classify's 1000-class head brings it back."""
-  config = _recipe("look.py:R50")
+  2,049,000; look:R50 has no head (23,508,032), classify:R50's 1000-class head brings it
+  back."""
   builder = MODELS.get("resnet_classifier")
-  cfg = builder.model_config(config.model, DataInfo(image_shape=(224, 224, 3)))
-  assert cfg.feature_dim == 2048 and cfg.num_classes == 0
-  backbone = _param_count(cfg, "resnet_classifier")
+  look, classify = (builder.model_config(_recipe(f"{name}.py:R50").model,
+                                         DataInfo(image_shape=(224, 224, 3)))
+                    for name in ("look", "classify"))
+  assert look.feature_dim == 2048 and look.num_classes == 0 and classify.num_classes == 1000
+  backbone = _param_count(look, "resnet_classifier")
   assert abs(backbone / (25_557_032 - 2_049_000) - 1) < 0.02, backbone
-  with_fc = _param_count(dataclasses.replace(cfg, num_classes=1000), "resnet_classifier")
+  with_fc = _param_count(classify, "resnet_classifier")
   assert with_fc - backbone == 2_049_000 and abs(with_fc / 25_557_032 - 1) < 0.02, with_fc
 
 
