@@ -300,11 +300,15 @@ class SparK(nnx.Module):
     return self.head(x).astype(jnp.float32)
 
 
-def spark_flops_per_image(cfg: SparKConfig) -> float:
-  """Forward matmul FLOPs of the dense emulation (every position is computed, masked or
-  not): 2 x outputs x k^2 x c_in for every convolution of the encoder and decoder."""
+def _conv_flops(side_h: int, side_w: int, k: int, cin: int, cout: int) -> float:
+  return 2 * side_h * side_w * k * k * cin * cout
+
+
+def resnet_flops_per_image(cfg: SparKConfig) -> float:
+  """Forward matmul FLOPs of the encoder (every position is computed, masked or not):
+  2 x outputs x k^2 x c_in for every convolution."""
   h, w = cfg.image_size
-  conv = lambda side_h, side_w, k, cin, cout: 2 * side_h * side_w * k * k * cin * cout
+  conv = _conv_flops
   s = cfg.stem_stride
   total = conv(h // s, w // s, cfg.stem_kernel, cfg.channels, cfg.stem_width)
   cin = cfg.stem_width
@@ -320,6 +324,14 @@ def spark_flops_per_image(cfg: SparKConfig) -> float:
       if j == 0 and (i or cin != cout):
         total += conv(oh, ow, 1, cin, cout)
       cin = cout
+  return total
+
+
+def spark_flops_per_image(cfg: SparKConfig) -> float:
+  """Forward matmul FLOPs of the dense emulation: the encoder's and the decoder's."""
+  h, w = cfg.image_size
+  conv = _conv_flops
+  total = resnet_flops_per_image(cfg)
   widths = cfg.dec_widths
   enc = [wd * cfg.expansion for wd in cfg.stage_widths][::-1]
   for i, c in enumerate(enc):

@@ -4,8 +4,9 @@ The supervised baseline LOOK is compared against (Feng et al. 2022, "Rethinking 
 Pre-training for Better Downstream Transferring": its "overfit of upstream tasks" is what
 this loss does, pulling every image of a class towards one point), and the teacher SSLD
 distils (Cui et al. 2021, "Beyond Self-Supervision"; objectives/ssld.py). The model is
-`vit_classifier` (models/classifier.py); the only augmentation is a random left-right flip
-on the host, shared with ssld and look so the three differ only in their loss.
+`vit_classifier` or `resnet_classifier` (models/classifier.py); the only augmentation is a
+random left-right flip on the host, shared with ssld and look so the three differ only in
+their loss.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from models.vit import vit_encoder_flops_per_image
 from objectives import base
 
 
@@ -33,27 +33,25 @@ class Flip(grain.transforms.RandomMap):
 
 
 class ImageClassifierObjective(base.Objective):
-  """What the objectives on `vit_classifier` share: data, features, FLOPs."""
+  """What the objectives on a classifier (ViT or ResNet) share: data, features, FLOPs."""
 
   modality = "image"
   unit = "images"
-  models = ("vit_classifier",)
+  models = ("vit_classifier", "resnet_classifier")
   reads_labels = True  # False: the host transform drops them
 
   def host_transform(self, config, info):
     return Flip(keep_label=self.reads_labels)
 
   def features(self, params, batch, *, model, config):
-    """The backbone's [CLS] output on the clean image."""
+    """The backbone's pooled output ([CLS] / average pool) on the clean image."""
     return model.bind(params).features(batch["image"]).astype(jnp.float32)
 
   def units_per_example(self, config, info):
     return 1
 
   def forward_flops_per_example(self, config, info, model_cfg):
-    vit = model_cfg.vit
-    head = 2 * vit.d_model * model_cfg.num_classes
-    return vit_encoder_flops_per_image(vit, vit.num_patches) + head
+    return model_cfg.flops_per_image()
 
 
 def check_num_classes(config) -> None:

@@ -73,7 +73,7 @@ class Look(ImageClassifierObjective):
                        "use 1")
 
   def initial_state(self, config, info, model_cfg):
-    size, dim = config.objective.queue_size, model_cfg.vit.d_model
+    size, dim = config.objective.queue_size, model_cfg.feature_dim
     if not size:
       return {}
     return {"features": jnp.zeros((size, dim), jnp.float32),

@@ -10,7 +10,8 @@ import dataclasses
 
 from models import variants
 from models.audio import SSAST, FrameTransformer, FrameTransformerConfig
-from models.classifier import ClassifierConfig, ViTClassifier
+from models.classifier import (ClassifierConfig, ResNetClassifier, ResNetClassifierConfig,
+                               ViTClassifier)
 from models.clip import CLIP, CLIPConfig
 from models.dino import DinoConfig, DinoViT
 from models.drbert import DrBert, DrBertConfig
@@ -572,7 +573,8 @@ class SparKBuilder:
         stem_kernel=model_cfg.stem_kernel, stem_stride=model_cfg.stem_stride,
         stem_pool=model_cfg.stem_pool, stage_blocks=tuple(model_cfg.stage_blocks),
         stage_widths=tuple(model_cfg.stage_widths), bottleneck=model_cfg.bottleneck,
-        dec_width=model_cfg.dec_width, dtype=model_cfg.dtype)
+        dec_width=model_cfg.get("dec_width", SparKConfig.dec_width),  # resnet_classifier: none
+        dtype=model_cfg.dtype)
 
   def validate(self, model_cfg) -> None:
     self.model_config(model_cfg, DataInfo()).validate()
@@ -582,3 +584,19 @@ class SparKBuilder:
 
 
 MODELS.register("spark")(SparKBuilder())
+
+
+class ResNetClassifierBuilder(SparKBuilder):
+  """SparK's ResNet (the spark `model.stem_*`/`stage_*`/`bottleneck` keys), nothing masked,
+  + linear head over `model.num_classes` (0 = none): `ResNetClassifier` (classify, ssld,
+  look)."""
+
+  def model_config(self, model_cfg, info: DataInfo) -> ResNetClassifierConfig:
+    return ResNetClassifierConfig(resnet=super().model_config(model_cfg, info),
+                                  num_classes=model_cfg.num_classes)
+
+  def build(self, cfg: ResNetClassifierConfig, rngs):
+    return ResNetClassifier(cfg, rngs=rngs)
+
+
+MODELS.register("resnet_classifier")(ResNetClassifierBuilder())

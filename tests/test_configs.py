@@ -64,6 +64,7 @@ VARIANTS = ([("bert", v) for v in ("tiny", "base", "large", *sorted(_BERT))]
             + [("minilm", v) for v in ("tiny_assistant", "tiny_from_assistant",
                                        "L6_H384_from_assistant")]
             + [("multimae", v) for v in ("tiny", "B/16")]
+            + [(r, v) for r in ("classify", "look") for v in ("tiny_resnet", "R50")]
             + [("spark", v) for v in ("tiny", "resnet50")])
 
 

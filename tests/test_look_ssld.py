@@ -1,8 +1,9 @@
-"""Supervised objectives on `vit_classifier`: classify (cross-entropy), LOOK (leave-one-out
-kNN with a feature queue) and SSLD (a frozen classifier's predictions, labels never read).
+"""Supervised objectives on `vit_classifier` / `resnet_classifier`: classify (cross-entropy),
+LOOK (leave-one-out kNN with a feature queue) and SSLD (a frozen classifier's predictions,
+labels never read).
 Each loss against float64 NumPy, the shared flip transform, bad settings, the paper sizes
-by parameter count, and the tiny recipes through `pretrain.main`: classify, then SSLD
-distilling that run, and LOOK."""
+by parameter count, the ResNet classifier against SparK's encoder, and the tiny recipes
+through `pretrain.main`: classify, then SSLD distilling that run, and LOOK on a ResNet."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,9 @@ import pytest
 from flax import nnx
 
 import objectives  # noqa: F401  (registers objectives)
-from models.classifier import ClassifierConfig, ViTClassifier
+from models.classifier import (ClassifierConfig, ResNetClassifier, ResNetClassifierConfig,
+                               ViTClassifier)
+from models.spark import SparK, SparKConfig
 from models.vit import ViTConfig
 from objectives import base
 from objectives.base import DataInfo, Teacher
@@ -21,6 +24,7 @@ from pretrain import config as config_lib, main as main_lib, train
 from pretrain import teacher as teacher_lib
 from pretrain.registry import MODELS, OBJECTIVES
 from tests.helpers import build, np_cross_entropy
+from tests.test_multimae_spark import _random_model  # abstract build, NumPy params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = ViTConfig(image_size=(8, 8), patch_size=(4, 4), d_model=8, num_layers=1, num_heads=2,
@@ -172,17 +176,19 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, recipe, args, expect
   assert code == 2 and expected in err and err.count("\n") == 1, err
 
 
-def _param_count(model_cfg) -> int:
-  builder = MODELS.get("vit_classifier")
+def _abstract(model_cfg, name: str = "vit_classifier"):
   with nnx.use_eager_sharding(False):
-    abstract = nnx.eval_shape(lambda: builder.build(model_cfg, nnx.Rngs(0)))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    return nnx.eval_shape(lambda: MODELS.get(name).build(model_cfg, nnx.Rngs(0)))
+
+
+def _param_count(model_cfg, name: str = "vit_classifier") -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(_abstract(model_cfg, name), nnx.Param)))
 
 
 @pytest.mark.parametrize("recipe", ["classify.py:B/16", "look.py:B/16", "ssld.py:B/16"])
 def test_paper_sizes_have_the_vit_paper_param_counts(recipe):
-  """Dosovitskiy et al. 2021 Table 1: ViT-Base 86M, ViT-Large 307M params (LOOK's ResNet-50
-  and SSLD's CNNs are not built here; see the recipes' NOT_IMPLEMENTED)."""
+  """Dosovitskiy et al. 2021 Table 1: ViT-Base 86M, ViT-Large 307M params (SSLD's CNNs are
+  not built here; LOOK's ResNet-50 is look:R50, below)."""
   config = _recipe(recipe)
   cfg = MODELS.get("vit_classifier").model_config(config.model, DataInfo())
   assert cfg.vit.patch_size == (16, 16) and cfg.vit.image_size == (224, 224)
@@ -190,6 +196,48 @@ def test_paper_sizes_have_the_vit_paper_param_counts(recipe):
   if teacher_lib.kind(config) != "none":
     teacher = teacher_lib.model_config(config, DataInfo())
     assert abs(_param_count(teacher) / 307e6 - 1) < 0.02, _param_count(teacher)
+
+
+def test_look_and_classify_r50_are_torchvision_resnet50():
+  """torchvision's resnet50: 25,557,032 params, of which its 2048 x 1000 fc (+ bias) is
+  2,049,000; look:R50 has no head (23,508,032), classify:R50's 1000-class head brings it
+  back."""
+  builder = MODELS.get("resnet_classifier")
+  look, classify = (builder.model_config(_recipe(f"{name}.py:R50").model,
+                                         DataInfo(image_shape=(224, 224, 3)))
+                    for name in ("look", "classify"))
+  assert look.feature_dim == 2048 and look.num_classes == 0 and classify.num_classes == 1000
+  backbone = _param_count(look, "resnet_classifier")
+  assert abs(backbone / (25_557_032 - 2_049_000) - 1) < 0.02, backbone
+  with_fc = _param_count(classify, "resnet_classifier")
+  assert with_fc - backbone == 2_049_000 and abs(with_fc / 25_557_032 - 1) < 0.02, with_fc
+
+
+def test_resnet_classifier_is_spark_encoder_with_nothing_masked():
+  """The same weights in SparK: its encoder's last map with every patch visible, averaged
+  over positions, is the feature; the same images with a patch masked in SparK give a
+  different feature (so the mask is really all-visible, not ignored); logits = head."""
+  resnet = SparKConfig(image_size=(8, 8), channels=1, stem_width=4, stem_kernel=3,
+                       stem_pool=False, stage_blocks=(1, 1), stage_widths=(4, 8),
+                       bottleneck=False, dec_width=8)
+  model, params = _random_model(ResNetClassifier, ResNetClassifierConfig(resnet, num_classes=3))
+  spark, spark_params = _random_model(SparK, resnet, seed=1)
+  spark_params["encoder"] = params["encoder"]
+  images = _images(5)
+  visible = np.ones((5, *resnet.grid), bool)
+  masked = visible.copy()
+  masked[0, 0, 0] = False
+  features, logits, want, other = jax.jit(lambda: (
+      model.bind(params).features(images), model.bind(params)(images),
+      *(spark.bind(spark_params).encoder(images, a)[-1].mean((1, 2))
+        for a in (visible, masked))))()
+  assert features.shape == (5, 8)
+  np.testing.assert_allclose(features, want, rtol=1e-6)
+  assert not np.allclose(features, other, atol=1e-4)
+  head = params["head"]
+  np.testing.assert_allclose(
+      logits, np.asarray(features) @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+      rtol=1e-5, atol=1e-6)
 
 
 # --- the tiny recipes through pretrain.main ----------------------------------------------
@@ -227,6 +275,6 @@ def test_ssld_tiny_distils_the_classify_run_through_main(classify_run, tmp_path,
   assert min(kl) >= 0 and _falls(kl, 0.3), kl
 
 
-def test_look_tiny_trains_through_main(tmp_path):
-  loss = [r["loss"] for r in _run(tmp_path, "look.py:tiny")]
+def test_look_tiny_resnet_trains_through_main(tmp_path):
+  loss = [r["loss"] for r in _run(tmp_path, "look.py:tiny_resnet")]
   assert _falls(loss, 0.85), loss
