@@ -73,3 +73,15 @@ def hf_seq2seq_logits(model, enc, dec) -> np.ndarray:
   import torch
   with torch.no_grad():
     return model(input_ids=torch.tensor(enc), decoder_input_ids=torch.tensor(dec)).logits.numpy()
+
+
+def random_model(cls, cfg, seed: int = 0, std: float = 0.3):
+  """(ModelDef, params) of `cls(cfg)` with every param N(0, std^2) from NumPy: built
+  abstractly, so no initializer is compiled (an eager init compiles one kernel per param
+  shape; the losses under test hold for any params)."""
+  with nnx.use_eager_sharding(False):
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, std, x.shape), x.dtype),
+                        nnx.to_pure_dict(state))
+  return ModelDef(graphdef), params

@@ -23,8 +23,7 @@ from objectives.base import DataInfo, Teacher
 from pretrain import config as config_lib, main as main_lib, train
 from pretrain import teacher as teacher_lib
 from pretrain.registry import MODELS, OBJECTIVES
-from tests.helpers import build, np_cross_entropy
-from tests.test_multimae_spark import _random_model  # abstract build, NumPy params
+from helpers import build, np_cross_entropy, random_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = ViTConfig(image_size=(8, 8), patch_size=(4, 4), d_model=8, num_layers=1, num_heads=2,
@@ -220,8 +219,8 @@ def test_resnet_classifier_is_spark_encoder_with_nothing_masked():
   resnet = SparKConfig(image_size=(8, 8), channels=1, stem_width=4, stem_kernel=3,
                        stem_pool=False, stage_blocks=(1, 1), stage_widths=(4, 8),
                        bottleneck=False, dec_width=8)
-  model, params = _random_model(ResNetClassifier, ResNetClassifierConfig(resnet, num_classes=3))
-  spark, spark_params = _random_model(SparK, resnet, seed=1)
+  model, params = random_model(ResNetClassifier, ResNetClassifierConfig(resnet, num_classes=3))
+  spark, spark_params = random_model(SparK, resnet, seed=1)
   spark_params["encoder"] = params["encoder"]
   images = _images(5)
   visible = np.ones((5, *resnet.grid), bool)

@@ -13,7 +13,6 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 from flax import nnx
 
 from configs.multimae import get_config as get_multimae_config
@@ -26,21 +25,9 @@ from objectives.base import DataInfo
 from pretrain import main as main_lib
 from pretrain.registry import MODELS
 from pretrain.train import read_metrics
-from helpers import np_cross_entropy
-from objectives.base import ModelDef
+from helpers import np_cross_entropy, random_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _random_model(cls, cfg, seed: int = 0):
-  """(ModelDef, params) of `cls(cfg)` with every param N(0, 0.3) from NumPy: built
-  abstractly, so no initializer is compiled (the losses hold for any params)."""
-  with nnx.use_eager_sharding(False):
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-  rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), x.dtype),
-                        nnx.to_pure_dict(state))
-  return ModelDef(graphdef), params
 
 
 def _config(model=None, **objective) -> ml_collections.ConfigDict:
@@ -98,6 +85,7 @@ def test_derived_modalities_are_sobel_magnitude_and_luminance_classes():
     np.testing.assert_array_equal(out[key], again[key])
   np.testing.assert_array_equal(out["image"], image)
   # Independent: torch's cross-correlation with the Sobel kernels, replicate padding.
+  torch = pytest.importorskip("torch", reason="the independent Sobel uses torch (hf extra)")
   gray = torch.tensor(image.mean(-1), dtype=torch.float64)[None, None]
   padded = torch.nn.functional.pad(gray, (1, 1, 1, 1), mode="replicate")
   kx = torch.tensor([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=torch.float64)
@@ -156,7 +144,7 @@ MM_TINY = MultiMAEConfig(
 
 @pytest.fixture(scope="module")
 def multimae_model():
-  model, params = _random_model(MultiMAE, MM_TINY)
+  model, params = random_model(MultiMAE, MM_TINY)
   rng = np.random.default_rng(3)
   transform = multimae.DerivedModalities(3)
   images = rng.uniform(size=(3, 8, 8, 2)).astype(np.float32)
@@ -290,7 +278,7 @@ SPARK_TINY = SparKConfig(image_size=(16, 16), channels=1, stem_width=4, stem_ker
 
 @pytest.fixture(scope="module")
 def spark_model():
-  return _random_model(SparK, SPARK_TINY)
+  return random_model(SparK, SPARK_TINY)
 
 
 def test_sparse_batch_norm_uses_visible_positions_only():

@@ -14,7 +14,6 @@ from flax import nnx
 
 from models.predformer import PredFormer, PredFormerConfig, apply_stage
 from models.transformer import TextTransformer, TransformerConfig
-from objectives.base import ModelDef
 from objectives.next_block import FrameTokens
 from pretrain import config as config_lib
 from pretrain import main as main_lib
@@ -22,7 +21,7 @@ from pretrain.data import visual_tokens
 from pretrain.data.modalities import MODALITIES
 from pretrain.registry import MODELS, OBJECTIVES
 from pretrain.train import read_metrics
-from tests.helpers import np_cross_entropy
+from helpers import np_cross_entropy, random_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(image_size=(8, 8), patch_size=(4, 4), d_model=16, num_heads=2, d_ff=32,
@@ -33,21 +32,9 @@ def _load(recipe: str, variant: str):
   return config_lib.load_config_file(os.path.join(ROOT, f"configs/{recipe}.py:{variant}"))
 
 
-def _random_model(cls, cfg):
-  """(structure, params) of cls(cfg), params drawn in NumPy (N(0, 0.2)): an eager init
-  would compile one kernel per param shape."""
-  with nnx.use_eager_sharding(False):
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0))),
-                                   nnx.Param)
-  rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: rng.normal(0, 0.2, a.shape).astype(np.float32),
-                        nnx.to_pure_dict(abstract))
-  return ModelDef(graphdef), params
-
-
 def _predformer(layout: str, pattern: str, num_layers: int):
   cfg = PredFormerConfig(layout=layout, pattern=pattern, num_layers=num_layers, **SMALL)
-  return (cfg, *_random_model(PredFormer, cfg))
+  return (cfg, *random_model(PredFormer, cfg, std=0.2))
 
 
 # --- PredFormer: the three layouts -------------------------------------------------------
@@ -273,7 +260,7 @@ def video_nbp():
       "model": {"patch_size": (4, 4), "codebook_size": 10, "max_len": 12}})
   cfg = TransformerConfig(vocab_size=128, num_layers=2, d_model=16, num_heads=2, d_ff=32,
                           max_len=12)
-  return (config, *_random_model(TextTransformer, cfg))
+  return (config, *random_model(TextTransformer, cfg, std=0.2))
 
 
 def _video_batch(seed: int = 0):
