@@ -49,10 +49,7 @@ class PointMAEConfig:
 
   @property
   def encoder_block(self) -> BlockConfig:
-    return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff,
-                       norm=self.norm, activation=self.activation, dtype=self.dtype,
-                       ln_eps=self.ln_eps, init_std=self.init_std,
-                       scan_layers=self.scan_layers, remat=self.remat)
+    return BlockConfig.of(self)
 
   @property
   def decoder_block(self) -> BlockConfig:

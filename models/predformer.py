@@ -60,10 +60,7 @@ class PredFormerConfig(PatchGeometry):
 
   @property
   def block(self) -> BlockConfig:
-    return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff,
-                       norm="pre", activation="swiglu", dtype=self.dtype, ln_eps=self.ln_eps,
-                       init_std=self.init_std, scan_layers=self.scan_layers,
-                       remat=self.remat)
+    return BlockConfig.of(self, norm="pre", activation="swiglu")
 
   @property
   def stages(self) -> tuple[tuple[str, int], ...]:

@@ -55,6 +55,14 @@ class BlockConfig:
   relative_max_distance: int = 128
   use_bias: bool = True  # biases in attention and MLP projections (T5 has none)
 
+  @classmethod
+  def of(cls, cfg, **overrides) -> "BlockConfig":
+    """The block a model config describes: each BlockConfig field `cfg` also has, then
+    `overrides` (ViT, point, audio and video configs share these field names)."""
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+              if hasattr(cfg, f.name)}
+    return cls(**{**shared, **overrides})
+
   def validate(self) -> None:
     check_choice("norm", self.norm, ("pre", "post"))
     check_choice("remat", self.remat, REMAT)

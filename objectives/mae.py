@@ -93,6 +93,12 @@ def reconstruction_grid(image: jax.Array, patches: jax.Array, mask: jax.Array,
                      unpatchify(pred, patch, spatial, channels)])
 
 
+def check_mask_ratio(config) -> None:
+  ratio = config.objective.mask_ratio
+  if not 0 < ratio < 1:
+    raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
+
+
 @base.register("mae")
 class MaskedAutoencoder(base.Objective):
   models = ("mae",)
@@ -100,9 +106,7 @@ class MaskedAutoencoder(base.Objective):
   unit = "images"
 
   def validate(self, config):
-    ratio = config.objective.mask_ratio
-    if not 0 < ratio < 1:
-      raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
+    check_mask_ratio(config)
 
   def _predict(self, net, batch, rng, config):
     """(image (B, *S, C) to rebuild, its patches (B, N, P), hidden mask (B, N), predicted

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from models.spark import spark_flops_per_image
 from models.vit import patchify
 from objectives import base
-from objectives.mae import (denormalize_patches, pixel_loss, random_keep,
+from objectives.mae import (check_mask_ratio, denormalize_patches, pixel_loss, random_keep,
                             reconstruction_grid)
 
 
@@ -28,9 +28,7 @@ class SparseMaskedModeling(base.Objective):
   unit = "images"
 
   def validate(self, config):
-    ratio = config.objective.mask_ratio
-    if not 0 < ratio < 1:
-      raise ValueError(f"objective.mask_ratio={ratio}: must be in (0, 1)")
+    check_mask_ratio(config)
 
   def _predict(self, net, batch, rng, config):
     """(patches (B, N, P) of mask-patch size, hidden (B, N), predicted patches (B, N, P))."""
